@@ -1,0 +1,23 @@
+"""Task-agnostic twirl decomposition of a loss into its mean-prediction and equivariance parts."""
+
+from equivrepro.metrics.decomposition import (
+    TermDecomposition,
+    as_predictor,
+    decompose_term,
+    per_sample_rotations,
+    twirl_decomposition,
+    untwisted_predictions,
+)
+from equivrepro.metrics.gradients import gradient_norms
+from equivrepro.metrics.twirl import TwirledPredictor
+
+__all__ = [
+    "TermDecomposition",
+    "TwirledPredictor",
+    "as_predictor",
+    "decompose_term",
+    "gradient_norms",
+    "per_sample_rotations",
+    "twirl_decomposition",
+    "untwisted_predictions",
+]
