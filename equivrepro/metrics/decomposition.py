@@ -109,6 +109,17 @@ class TermDecomposition:
     equiv_unbiased: torch.Tensor
     extras: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def concat(cls, parts: list["TermDecomposition"]) -> "TermDecomposition":
+        """Pool per-sample estimates of the same term computed on several chunks of a held-out set."""
+        first = parts[0]
+        cat = lambda attr: torch.cat([getattr(p, attr) for p in parts])  # noqa: E731
+        return cls(
+            name=first.name, k=first.k, quadratic=first.quadratic, exact_group=first.exact_group,
+            total=cat("total"), mean_plugin=cat("mean_plugin"), equiv_plugin=cat("equiv_plugin"),
+            mean_unbiased=cat("mean_unbiased"), equiv_unbiased=cat("equiv_unbiased"),
+        )
+
     @property
     def estimator(self) -> str:
         if self.exact_group:

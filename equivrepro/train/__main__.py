@@ -1,0 +1,3 @@
+from equivrepro.train.app import main
+
+main()

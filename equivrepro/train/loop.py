@@ -1,0 +1,224 @@
+"""The step-based training loop shared by all three tasks.
+
+Why not Lightning: exact resume is the contract here (a killed run continues at the same step with the
+same batches, noise and rotations, and its metric rows match an uninterrupted run). Every random draw
+of step ``s`` — batch indices, augmentation rotations, the task's noise/time draws, dropout — is a pure
+function of ``(seed, s, rank)``, so a checkpoint needs only weights, optimizer, scheduler, EMA and the
+step; no loader or RNG state can drift. The loop is ~200 lines and has no hidden state.
+
+Per step: batch → (Haar rotation per sample via ``task.rotate_batch`` if ``trainer.augment``) →
+``task.training_loss`` under autocast → finite check → backward (grad scaler for fp16) → clip →
+optimizer and LR-schedule step → EMA update → logging, equivariance callback, atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from equivrepro.rotations import haar_rotations
+from equivrepro.task import batch_size, to_device
+from equivrepro.train.build import build_from_config, plain_config, run_dir_for, run_identity
+from equivrepro.train.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from equivrepro.train.distributed import barrier, init_distributed, resolve_device
+from equivrepro.train.ema import EMA
+from equivrepro.train.equivariance import EquivarianceCallback
+from equivrepro.train.loggers import Loggers, ResultsFile, WandbSink
+from equivrepro.train.optim import build_optimizer
+from equivrepro.train.sampling import StepBatchSampler
+from equivrepro.train.schedules import build_scheduler
+
+log = logging.getLogger("equivrepro.train")
+
+__all__ = ["train", "NonFiniteLossError", "TrainingInterrupted", "STATUS_NAME"]
+
+STATUS_NAME = "status.json"
+_PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN/inf; the last checkpoint on disk is intact."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by ``trainer.interrupt_after_step`` (a simulated preemption)."""
+
+
+def _step_seed(seed: int, step: int, rank: int, stream: int) -> int:
+    return (int(seed) * 1_000_003 + int(step) * 7_919 + int(rank) * 104_729 + stream) % (2**63 - 1)
+
+
+def _status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATUS_NAME
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text())
+    return {}
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = _PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) the run described by ``cfg``; returns a summary dict."""
+    tcfg, ecfg = cfg.trainer, cfg.equivariance
+    if str(tcfg.precision) not in _PRECISIONS:
+        raise ValueError(f"trainer.precision must be one of {sorted(_PRECISIONS)}, got {tcfg.precision!r}")
+    dist_info = init_distributed(str(tcfg.device))
+    device = resolve_device(str(tcfg.device), dist_info.local_rank)
+    run_id = run_identity(cfg)
+    run_dir = run_dir_for(cfg)
+    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
+    max_steps = int(tcfg.max_steps)
+    status = _status(run_dir)
+    if status.get("state") == "finished" and int(status.get("step", -1)) >= max_steps:
+        log.info("run %s already finished at step %s: skipping", run_dir, status["step"])
+        return {"run_dir": str(run_dir), "run_id": run_id, "skipped": True, **status}
+
+    if tcfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(int(cfg.seed))
+    task, model, datamodule = build_from_config(cfg)
+    datamodule.setup()
+    model.to(device)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, max_steps)
+    ema = EMA(model, float(tcfg.ema_decay)) if tcfg.ema_decay else None
+    precision = str(tcfg.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
+
+    start_step = 0
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_step = int(state["step"])
+        log.info("resuming %s from step %d", run_dir, start_step)
+
+    config_dict = plain_config(cfg)
+    loggers = Loggers([])
+    callback = None
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config_dict)))
+        sinks: list[Any] = [ResultsFile(run_dir, resume_step=start_step if ckpt_path.exists() else None)]
+        if cfg.logger.get("enabled", False):
+            sinks.append(WandbSink(run_dir, run_id, f"{cfg.name}-{run_id}", config_dict, project=cfg.logger.project, entity=cfg.logger.get("entity"), mode=cfg.logger.mode, group=cfg.logger.get("group"), tags=list(cfg.logger.get("tags") or [])))
+        loggers = Loggers(sinks)
+        atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": start_step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
+        if ecfg.every:
+            callback = EquivarianceCallback(
+                task, datamodule.heldout_dataset, datamodule.collate, device,
+                num_samples=ecfg.num_samples, k=ecfg.k, batch_size=ecfg.batch_size, chunk_size=ecfg.chunk_size,
+                seed=ecfg.seed, grad_norms=ecfg.grad_norms, cube_group=ecfg.cube_group, floor=ecfg.floor,
+            )
+
+    train_model: torch.nn.Module = model
+    if dist_info.enabled:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    pin = (device.type == "cuda") if str(tcfg.pin_memory) == "auto" else bool(tcfg.pin_memory)
+    sampler = StepBatchSampler(len(datamodule.train_dataset), int(tcfg.batch_size), int(cfg.seed), start_step, max_steps, dist_info.rank, dist_info.world_size)
+    loader = DataLoader(datamodule.train_dataset, batch_sampler=sampler, collate_fn=datamodule.collate, num_workers=int(tcfg.num_workers), pin_memory=pin)
+
+    def evaluate(step: int) -> dict[str, float]:
+        if callback is None:
+            return {}
+        t0 = time.perf_counter()
+        metrics = callback(ema.model if ema is not None else model, grad_model=model)
+        metrics["time/equivariance_eval_s"] = time.perf_counter() - t0
+        loggers.log(step, metrics)
+        return metrics
+
+    def checkpoint(step: int) -> None:
+        if dist_info.is_main:
+            save_checkpoint(ckpt_path, {
+                "step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "config": config_dict, "run_id": run_id,
+            })
+            atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
+        barrier(dist_info)
+
+    last: dict[str, float] = {}
+    if start_step == 0 and ecfg.every:
+        last = evaluate(0)
+    bar = tqdm(total=max_steps, initial=start_step, disable=not (tcfg.progress_bar and dist_info.is_main), desc=f"{cfg.name}-{run_id}", dynamic_ncols=True)
+    t_last, clip = time.perf_counter(), tcfg.grad_clip
+    step = start_step
+    train_model.train()
+    try:
+        for step_idx, batch in zip(range(start_step, max_steps), loader):
+            step = step_idx + 1
+            gen = torch.Generator().manual_seed(_step_seed(cfg.seed, step_idx, dist_info.rank, 0))
+            torch.manual_seed(_step_seed(cfg.seed, step_idx, dist_info.rank, 1))
+            batch = to_device(batch, device, non_blocking=pin)
+            if tcfg.augment:
+                rot = haar_rotations(batch_size(batch), generator=gen).to(device)
+                batch = task.rotate_batch(batch, rot)
+            with _autocast(device, precision):
+                loss, logs = task.training_loss(train_model, batch, gen)
+            if not torch.isfinite(loss.detach()):
+                msg = (f"non-finite training loss ({float(loss.detach())}) at step {step} of run {run_dir}; "
+                       f"the last checkpoint ({ckpt_path}) is intact. Loss parts: {logs}")
+                if dist_info.is_main:
+                    atomic_write_json(run_dir / STATUS_NAME, {"state": "failed", "step": step - 1, "run_id": run_id, "error": msg})
+                raise NonFiniteLossError(msg)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = float("nan")
+            if clip:
+                scaler.unscale_(optimizer)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip)))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            bar.update(1)
+            if dist_info.is_main and (step % int(tcfg.log_every) == 0 or step == max_steps):
+                now = time.perf_counter()
+                row = {"train/loss": float(loss.detach()), "train/lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm}
+                row.update({f"train/{k}": float(v) for k, v in logs.items()})
+                row["time/step_s"] = (now - t_last) / int(tcfg.log_every)
+                t_last = now
+                loggers.log(step, row)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            if ecfg.every and (step % int(ecfg.every) == 0 or step == max_steps):
+                last = evaluate(step)
+                pct = last.get(f"equiv/{task.primary_term.name}/pct")
+                if pct is not None and math.isfinite(pct):
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}", pct=f"{100 * pct:.2f}%")
+            if step % int(tcfg.checkpoint_every) == 0 or step == max_steps:
+                checkpoint(step)
+            if tcfg.get("interrupt_after_step") is not None and step == int(tcfg.interrupt_after_step):
+                raise TrainingInterrupted(f"interrupted after step {step} (trainer.interrupt_after_step)")
+    finally:
+        bar.close()
+        loggers.close()
+    if step < max_steps:
+        raise RuntimeError(f"the training data ran out at step {step} of {max_steps}")
+    if dist_info.is_main:
+        atomic_write_json(run_dir / STATUS_NAME, {"state": "finished", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
+    barrier(dist_info)
+    return {"run_dir": str(run_dir), "run_id": run_id, "skipped": False, "step": step, "metrics": last}
