@@ -36,6 +36,7 @@ from equivrepro.train.ema import EMA
 from equivrepro.train.equivariance import EquivarianceCallback
 from equivrepro.train.loggers import Loggers, ResultsFile, WandbSink
 from equivrepro.train.optim import build_optimizer
+from equivrepro.train.preemption import PreemptionGuard
 from equivrepro.train.sampling import StepBatchSampler
 from equivrepro.train.schedules import build_scheduler
 
@@ -167,6 +168,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     t_last, clip = time.perf_counter(), tcfg.grad_clip
     step = start_step
     train_model.train()
+    guard = PreemptionGuard(distributed=dist_info.enabled).__enter__()
     try:
         for step_idx, batch in zip(range(start_step, max_steps), loader):
             step = step_idx + 1
@@ -211,9 +213,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}", pct=f"{100 * pct:.2f}%")
             if step % int(tcfg.checkpoint_every) == 0 or step == max_steps:
                 checkpoint(step)
+            if guard.should_stop():
+                checkpoint(step)
+                log.warning("preemption signal: checkpoint saved at step %d; handing over to the launcher", step)
+                guard.release()
+                raise TrainingInterrupted(f"preempted after step {step}; resume by relaunching the same config")
             if tcfg.get("interrupt_after_step") is not None and step == int(tcfg.interrupt_after_step):
                 raise TrainingInterrupted(f"interrupted after step {step} (trainer.interrupt_after_step)")
     finally:
+        guard.__exit__()
         bar.close()
         loggers.close()
     if step < max_steps:

@@ -121,3 +121,29 @@ def test_ddp_on_cpu_with_gloo(tmp_path):
     assert json.loads((run_dir / "status.json").read_text()) ["state"] == "finished"
     steps = {s for s, m, _ in read_results(run_dir / "metrics.csv") if m == "equiv/mse/pct"}
     assert steps == {0, 3, 6}
+
+
+def test_preemption_signal_checkpoints_then_resumes(tmp_path, monkeypatch):
+    import signal
+
+    original = PointCloudTask.training_loss
+    calls = {"n": 0}
+
+    def signalled(self, model, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends on preemption
+        return original(self, model, batch, generator)
+
+    monkeypatch.setattr(PointCloudTask, "training_loss", signalled)
+    prev = signal.signal(signal.SIGTERM, lambda *a: None)  # stands in for submitit's requeue handler
+    try:
+        with pytest.raises(TrainingInterrupted, match="preempted after step 13"):
+            train(_cfg(tmp_path))
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    run_dir = next(p for p in tmp_path.iterdir() if p.name.startswith("points-"))
+    assert load_checkpoint(run_dir / "checkpoints/last.pt")["step"] == 13
+    monkeypatch.setattr(PointCloudTask, "training_loss", original)
+    out = train(_cfg(tmp_path))
+    assert out["step"] == 40 and not out["skipped"]
