@@ -1,9 +1,10 @@
-# equivrepro — every target sets up its own virtual environment first (idempotent).
-#   make test                 set up, then run the test suite
-#   make reproduce            set up, then the smoke reproduction on the embedded data
-#   make bench                benchmarks (speed/overhead targets live here, not in tests)
+# equivrepro — every target sets up its own virtual environment first (idempotent: a second call installs nothing).
+#   make reproduce              smoke reproduction of the three tasks on the embedded data + the headline figure
+#   make test                   the test suite
+#   make bench                  benchmarks (speed/overhead targets live here, not in tests)
+#   make reproduce-figures      every paper figure (SCALE=smoke on a CPU, SCALE=paper from cluster runs)
 # Cluster users: `make venv TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124`
-# or use environment.yml with conda.
+# or `conda env create -f environment.yml`.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -13,18 +14,19 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 CONSTRAINTS := $(VENV)/constraints.txt
 DATA_DIR    ?= data
+RUNS_DIR    ?= runs
 SCALE       ?= smoke
 
 export PYTHONHASHSEED := 0
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
-export HYDRA_FULL_ERROR ?= 0
+export EQUIVREPRO_DATA ?= $(abspath $(DATA_DIR))
 
-.PHONY: venv test test-fast bench reproduce clean-venv data
+.PHONY: venv test test-fast bench data clean-venv
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
@@ -34,13 +36,24 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: venv
-	$(PY) -m pytest -q tests
+	WANDB_MODE=disabled $(PY) -m pytest -q tests
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" tests
+	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" tests
 
 bench: venv
 	$(PY) scripts/bench_decomposition.py
 
 clean-venv:
 	rm -rf $(VENV)
+
+# ---- embedded default data (generated once, cached under $(DATA_DIR)) --------------------------------
+data: $(DATA_DIR)/spice_embedded.h5 $(DATA_DIR)/geom_embedded.h5
+
+$(DATA_DIR)/spice_embedded.h5: | venv
+	$(PY) -m tasks.forcefield.generate --out $@ --seed 0
+
+$(DATA_DIR)/geom_embedded.h5: | venv
+	$(PY) -m tasks.voxels.generate --out $@ --seed 0
+
+-include make/figures.mk

@@ -99,7 +99,8 @@ def pad_collate(items: Sequence[Mapping[str, torch.Tensor]], ragged: Iterable[st
     for key in items[0].keys():
         vals = [it[key] for it in items]
         if key in ragged:
-            shape = (len(vals), n_max) + tuple(vals[0].shape[1:])
+            # each ragged key is padded to its own longest entry (it need not share length_key's length)
+            shape = (len(vals), max(int(v.shape[0]) for v in vals)) + tuple(vals[0].shape[1:])
             padded = vals[0].new_zeros(shape)
             for i, v in enumerate(vals):
                 padded[i, : v.shape[0]] = v

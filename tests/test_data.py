@@ -1,0 +1,114 @@
+"""Tests of the shared data helpers in :mod:`equivrepro.data`: seeded splits, nested subsets, padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from equivrepro.data import SubsetDataset, heldout_split, nested_subset, pad_collate
+
+
+# --------------------------------------------------------------------------------------------------
+# heldout_split
+# --------------------------------------------------------------------------------------------------
+def test_heldout_split_partitions_and_is_seeded():
+    train, held = heldout_split(1000, 100, seed=3)
+    assert held.numel() == 100 and train.numel() == 900
+    assert torch.equal(torch.cat([train, held]).sort().values, torch.arange(1000))  # disjoint, covers all
+    assert torch.equal(train, train.sort().values) and torch.equal(held, held.sort().values)
+    again = heldout_split(1000, 100, seed=3)
+    assert torch.equal(again[0], train) and torch.equal(again[1], held)
+    other = heldout_split(1000, 100, seed=4)[1]
+    assert not torch.equal(other, held)
+    # a random 10 % split, not a block: held-out indices spread over the whole range
+    assert held.min() < 100 and held.max() > 900
+
+
+def test_heldout_split_fraction_and_errors():
+    train, held = heldout_split(200, 0.25, seed=0)
+    assert held.numel() == 50 and train.numel() == 150
+    for bad in (0, 200, 0.0, 300):
+        with pytest.raises(ValueError, match="held-out size"):
+            heldout_split(200, bad, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# nested_subset
+# --------------------------------------------------------------------------------------------------
+def test_nested_subsets_are_nested_within_the_pool():
+    pool, _ = heldout_split(5000, 500, seed=1)
+    sizes = [10, 100, 1000, 4500]
+    subsets = [nested_subset(pool, s, seed=9) for s in sizes]
+    pool_set = set(pool.tolist())
+    for s, sub in zip(sizes, subsets):
+        assert sub.numel() == s and len(set(sub.tolist())) == s
+        assert set(sub.tolist()) <= pool_set
+        assert torch.equal(sub, sub.sort().values)
+    for small, big in zip(subsets, subsets[1:]):
+        assert set(small.tolist()) <= set(big.tolist())
+    # another seed gives another subset; None and 1.0 keep the whole pool
+    assert not torch.equal(nested_subset(pool, 100, seed=10), subsets[1])
+    assert torch.equal(nested_subset(pool, None, seed=9), pool)
+    assert torch.equal(nested_subset(pool, 1.0, seed=9), pool)
+    assert nested_subset(pool, 0.1, seed=9).numel() == 450
+    assert set(nested_subset(pool, 0.1, seed=9).tolist()) <= set(nested_subset(pool, 0.2, seed=9).tolist())
+
+
+def test_nested_subset_rejects_impossible_sizes():
+    pool = torch.arange(20)
+    for bad in (0, 21, 1000):
+        with pytest.raises(ValueError, match="not within 1..20"):
+            nested_subset(pool, bad, seed=0)
+
+
+def test_subset_dataset_views_the_base():
+    base = [{"x": torch.tensor([float(i)])} for i in range(10)]
+    view = SubsetDataset(base, torch.tensor([7, 2]))
+    assert len(view) == 2 and float(view[0]["x"]) == 7.0 and float(view[1]["x"]) == 2.0
+
+
+# --------------------------------------------------------------------------------------------------
+# pad_collate
+# --------------------------------------------------------------------------------------------------
+def _items():
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for n in (3, 5, 1):
+        out.append({
+            "pos": torch.randn(n, 3, generator=g),
+            "z": torch.randint(1, 9, (n,), generator=g),
+            "energy": torch.randn((), generator=g),
+            "cell": torch.randn(3, 3, generator=g),
+        })
+    return out
+
+
+def test_pad_collate_pads_masks_and_stacks():
+    items = _items()
+    batch = pad_collate(items, ragged=("pos", "z"))
+    assert batch["pos"].shape == (3, 5, 3) and batch["z"].shape == (3, 5)
+    assert batch["energy"].shape == (3,) and batch["cell"].shape == (3, 3, 3)
+    assert batch["z"].dtype == items[0]["z"].dtype
+    assert batch["mask"].dtype == torch.bool
+    assert batch["mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5, [True] + [False] * 4]
+    for i, it in enumerate(items):
+        n = it["pos"].shape[0]
+        assert torch.equal(batch["pos"][i, :n], it["pos"]) and torch.equal(batch["z"][i, :n], it["z"])
+        assert torch.equal(batch["pos"][i, n:], torch.zeros(5 - n, 3))
+        assert torch.equal(batch["z"][i, n:], torch.zeros(5 - n, dtype=it["z"].dtype))
+        assert torch.equal(batch["cell"][i], it["cell"]) and torch.equal(batch["energy"][i], it["energy"])
+
+
+def test_pad_collate_length_key_sets_the_mask():
+    """The mask follows ``length_key`` when the first ragged key is not the per-atom one."""
+    items = [{"pos": torch.ones(n, 3), "pair": torch.ones(n * n, 2)} for n in (2, 3)]
+    batch = pad_collate(items, ragged=("pair", "pos"), length_key="pos")
+    assert batch["mask"].tolist() == [[True, True, False], [True, True, True]]
+    assert batch["pair"].shape == (2, 9, 2) and batch["pos"].shape == (2, 3, 3)
+    assert batch["pair"][0, 4:].abs().sum() == 0
+
+
+def test_pad_collate_rejects_unequal_non_ragged_shapes():
+    items = [{"z": torch.ones(2), "cell": torch.ones(2, 3)}, {"z": torch.ones(3), "cell": torch.ones(3, 3)}]
+    with pytest.raises(RuntimeError):
+        pad_collate(items, ragged=("z",))
