@@ -14,8 +14,9 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 CONSTRAINTS := $(VENV)/constraints.txt
 DATA_DIR    ?= data
-RUNS_DIR    ?= runs
+
 SCALE       ?= smoke
+FIGURES_PREREQS ?= venv data   # the embedded data are built once, before parallel runs need them
 
 export PYTHONHASHSEED := 0
 export WANDB_MODE ?= offline
@@ -57,3 +58,4 @@ $(DATA_DIR)/geom_embedded.h5: | venv
 	$(PY) -m tasks.voxels.generate --out $@ --seed 0
 
 -include make/figures.mk
+-include make/analysis.mk

@@ -378,9 +378,10 @@ def read_table(path: str | Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------
 # Summary numbers: the early dip and the end of training
 # ----------------------------------------------------------------------------------------------------
-def summarize_pct(df: pd.DataFrame, metric_glob: str = "equiv/*pct") -> pd.DataFrame:
-    """Per run and pct metric: pct at the first evaluation, the minimum ("dip") and its step, and the final
-    pct — the two numbers the paper's "≤ 2 % within 1k–10k steps" claim needs. Values are fractions."""
+def summarize_pct(df: pd.DataFrame, metric_glob: str = "equiv/*pct", threshold: float = 0.02) -> pd.DataFrame:
+    """Per run and pct metric: pct at the first evaluation, the first step at which pct ≤ ``threshold``
+    (``below_step``, NaN if never), the minimum ("dip") and its step, and the final pct — the numbers the
+    paper's "≤ 2 % within 1k–10k steps" claim needs. Values are fractions."""
     sel = df[df.metric.astype(str).map(lambda m: fnmatch.fnmatchcase(m, metric_glob) and m.endswith("/pct"))]
     out = []
     for (run_id, metric), g in sel.groupby(["run_id", "metric"], observed=True):
@@ -389,10 +390,13 @@ def summarize_pct(df: pd.DataFrame, metric_glob: str = "equiv/*pct") -> pd.DataF
             continue
         i = g["value"].idxmin()
         first = g.iloc[0]
+        below = g[g["value"] <= threshold]
         out.append({
             "run_id": run_id, "task": first["task"], "model_label": first["model_label"], "train_size": first["train_size"],
-            "optim_label": first["optim_label"], "augment": first["augment"], "seed": first["seed"], "metric": metric,
+            "optim_label": first["optim_label"], "augment": first["augment"], "seed": first["seed"],
+            "primary_term": first["primary_term"], "metric": metric,
             "first_step": int(first["step"]), "first_pct": float(first["value"]),
+            "below_step": float(below.iloc[0]["step"]) if len(below) else math.nan,
             "dip_step": int(g.loc[i, "step"]), "dip_pct": float(g.loc[i, "value"]),
             "final_step": int(g.iloc[-1]["step"]), "final_pct": float(g.iloc[-1]["value"]),
         })

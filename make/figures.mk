@@ -23,21 +23,33 @@ FIGURES_PREREQS ?= venv
 FIGURE_NAMES := headline \
 	forcefield-pct forcefield-losses forcefield-vary-model forcefield-vary-data forcefield-losses-data \
 	forcefield-vary-optim forcefield-vary-aug \
-	flowmatching-pct flowmatching-losses flowmatching-vary-model flowmatching-vary-data flowmatching-final-pct \
+	flowmatching-pct flowmatching-losses flowmatching-vary-model flowmatching-vary-data flowmatching-final-pct flowmatching-final-pct-default \
 	voxels-pct voxels-losses voxels-vary-model voxels-vary-data
 
 # recursively expanded on purpose: `reproduce` sets SCALE=smoke for itself
 REPRODUCE = $(PY) scripts/reproduce.py --scale $(SCALE) --runs-dir $(RUNS_DIR) --results-dir $(RESULTS_DIR) \
 	--figures-dir $(FIGURES_DIR) --launcher $(LAUNCHER) $(if $(JOBS),--jobs $(JOBS)) $(REPRODUCE_FLAGS)
 
-.PHONY: reproduce reproduce-figures reproduce-figures-list $(addprefix reproduce-figure-,$(FIGURE_NAMES))
+.PHONY: reproduce reproduce-forcefield reproduce-flowmatching reproduce-voxels reproduce-figures reproduce-figures-list $(addprefix reproduce-figure-,$(FIGURE_NAMES))
 
 # the three default runs feed the headline and each task's pct and loss-decomposition figures
-REPRODUCE_DEFAULT_FIGURES := headline forcefield-pct forcefield-losses flowmatching-pct flowmatching-losses voxels-pct voxels-losses
+FORCEFIELD_FIGURES   := forcefield-pct forcefield-losses
+FLOWMATCHING_FIGURES := flowmatching-pct flowmatching-losses flowmatching-final-pct-default
+VOXELS_FIGURES       := voxels-pct voxels-losses
+REPRODUCE_DEFAULT_FIGURES := headline $(FORCEFIELD_FIGURES) $(FLOWMATCHING_FIGURES) $(VOXELS_FIGURES)
 
 reproduce: SCALE = smoke
 reproduce: $(FIGURES_PREREQS)
 	$(REPRODUCE) --figures $(REPRODUCE_DEFAULT_FIGURES) $(if $(LAUNCH_ARGS),-- $(LAUNCH_ARGS))
+
+# one task's CPU reproduction (its default run, pct vs step, loss decomposition; per-t bars for flow matching)
+reproduce-forcefield reproduce-flowmatching reproduce-voxels: SCALE = smoke
+reproduce-forcefield: $(FIGURES_PREREQS)
+	$(REPRODUCE) --figures $(FORCEFIELD_FIGURES) $(if $(LAUNCH_ARGS),-- $(LAUNCH_ARGS))
+reproduce-flowmatching: $(FIGURES_PREREQS)
+	$(REPRODUCE) --figures $(FLOWMATCHING_FIGURES) $(if $(LAUNCH_ARGS),-- $(LAUNCH_ARGS))
+reproduce-voxels: $(FIGURES_PREREQS)
+	$(REPRODUCE) --figures $(VOXELS_FIGURES) $(if $(LAUNCH_ARGS),-- $(LAUNCH_ARGS))
 
 reproduce-figures: $(FIGURES_PREREQS)
 	$(REPRODUCE) --figures all $(if $(LAUNCH_ARGS),-- $(LAUNCH_ARGS))

@@ -17,12 +17,9 @@ of 30 points, B = 16, K = 10 (160 rows of 30 tokens), float32. Target: decomposi
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from equivrepro.atomic import atomic_write_json  # noqa: E402
 from equivrepro.metrics import twirl_decomposition  # noqa: E402
 from equivrepro.rotations import fixed_rotation_set  # noqa: E402
 from equivrepro.testing.pointcloud import PointCloudTask, make_pointcloud_batch  # noqa: E402
@@ -79,14 +77,6 @@ def _timed_interleaved(fns: dict, device: torch.device, warmup: int, repeats: in
             sync()
             times[name].append(time.perf_counter() - t0)
     return times
-
-
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -175,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ratio decomposition / baseline = {ratio:.3f} (medians; {result['ratio_of_minima']:.3f} for the minima)"
           f"   target ≤ {args.target}: {'OK' if result['within_target'] else 'ABOVE TARGET'}")
     if args.json is not None:
-        _atomic_write_json(args.json, result)
+        atomic_write_json(args.json, result)
         print(f"wrote {args.json}")
     return result
 

@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -157,6 +157,8 @@ FIGURES: dict[str, Figure] = {
                                      paper_kwargs=_PROTEINA_SMOOTHING),
     "flowmatching-final-pct": Figure(("flowmatching-model",), "final_pct_bars", "final pct per flow time t, 60M and 400M (prot_60M_final_step)",
                                      paper_kwargs=_PROTEINA_SMOOTHING),
+    "flowmatching-final-pct-default": Figure(("flowmatching-default",), "final_pct_bars", "final pct per flow time t of the default run",
+                                             paper_kwargs=_PROTEINA_SMOOTHING),
     "voxels-pct": Figure(("voxels-default",), "pct_curves", "VoxMol U-Net pct vs step"),
     "voxels-losses": Figure(("voxels-default",), "loss_decomposition", "VoxMol twirled loss and equivariance error (voxmol-loss-curves)"),
     "voxels-vary-model": Figure(("voxels-model",), "vary_model_size", "VoxMol 111M / 28M / 7M (voxmol-vary-model)"),
@@ -316,6 +318,22 @@ def draw_figures(table, figure_names: Sequence[str], jobs_by_sweep: Mapping[str,
     return failed
 
 
+def print_pct_lines(summary, run_ids: Sequence[str], threshold: float = 0.02) -> None:
+    """One line per default run and evaluation of its headline term: pct at the first evaluation, the first
+    step with pct ≤ 2 %, the minimum and the final value (the numbers behind the paper's headline claim)."""
+    if summary.empty:
+        return
+    rows = summary[summary["run_id"].astype(str).isin(set(run_ids))]
+    for _, r in rows.sort_values(["task", "metric"]).iterrows():
+        term = str(r.get("primary_term") or "")
+        if term and not str(r["metric"]).endswith(f"/{term}/pct"):
+            continue
+        below = f"step {int(r['below_step'])}" if r["below_step"] == r["below_step"] else f"never (min {100 * r['dip_pct']:.2f} %)"
+        print(f"[pct] {r['task']:12s} {r['metric']:32s} first ≤ {100 * threshold:g} %: {below:24s} "
+              f"step {r['first_step']}: {100 * r['first_pct']:6.2f} %   min {100 * r['dip_pct']:6.2f} % (step {r['dip_step']})   "
+              f"final {100 * r['final_pct']:6.2f} % (step {r['final_step']})", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--scale", choices=SCALES, default="smoke")
@@ -392,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     atomic_write_text(results_dir / "pct_summary.csv", summary.to_csv(index=False))
     log.info("results table: %s (%d rows, %d runs); pct summary: %s", path, len(table), table["run_id"].nunique(), results_dir / "pct_summary.csv")
+    print_pct_lines(summary, [j.run_id for s in sweep_names if s.endswith("-default") for j in jobs_by_sweep[s]])
     failed = draw_figures(table, names, jobs_by_sweep, scale, figures_dir)
     log.info("done in %.0f s: %d figure(s) in %s%s", time.perf_counter() - t0, len(names) - len(failed), figures_dir,
              f"; not drawn: {failed}" if failed else "")

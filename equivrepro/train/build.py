@@ -30,6 +30,7 @@ NON_IDENTITY_KEYS = (
     "trainer.pin_memory",
     "trainer.device",
     "trainer.log_every",
+    "trainer.snapshot_steps",
     "trainer.checkpoint_every",
     "trainer.interrupt_after_step",
 )

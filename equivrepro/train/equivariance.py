@@ -15,7 +15,10 @@ evaluation-batch suffix, e.g. ``t=0.4`` for flow matching, empty otherwise; ``T`
   ``equiv/[S/]T/pct_net`` = (L_equiv − floor L_equiv) / L_total;
 * with ``cube_group``: ``equiv_cube/[S/]T/…`` (all 24 cube rotations, exact group average);
 * with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio}`` for the
-  primary term on the first evaluation chunk.
+  primary term on the first evaluation chunk;
+* with ``linear_head`` (a module name such as ``force_head.out``): ``head/{deviation,relative_deviation,
+  weight_deviation,bias_deviation,weight_norm,relative_weight_deviation,row_variance}`` — the size of
+  the head's deviation from its equivariant subspace (:func:`equivrepro.analysis.linear_head.deviation_norm`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from equivrepro.analysis.linear_head import deviation_norm, get_linear_head
 from equivrepro.metrics import TermDecomposition, gradient_norms, twirl_decomposition
 from equivrepro.rotations import haar_rotations, octahedral_group
-from equivrepro.task import Batch, Task, index_batch, to_device
+from equivrepro.task import Batch, Task, to_device
 
 __all__ = ["EquivarianceCallback"]
 
@@ -52,11 +56,13 @@ class EquivarianceCallback:
         grad_norms: bool = False,
         cube_group: bool = False,
         floor: bool = False,
+        linear_head: str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
         self.task, self.device = task, device
         self.k, self.chunk_size = int(k), chunk_size
         self.want_grad, self.want_cube, self.want_floor = grad_norms, cube_group, floor
+        self.linear_head = linear_head
         g = torch.Generator().manual_seed(int(seed))
         n = min(int(num_samples), len(heldout_dataset))
         if n < 1:
@@ -131,6 +137,9 @@ class EquivarianceCallback:
             out = self._no_grad_part(model)
         finally:
             model.train(was_training)
+        if self.linear_head:
+            for key, v in deviation_norm(get_linear_head(model, self.linear_head)).items():
+                out[f"head/{key}"] = v
         if self.want_grad:
             gm = grad_model if grad_model is not None else model
             for suffix, batches in self.chunks.items():

@@ -133,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 task, datamodule.heldout_dataset, datamodule.collate, device,
                 num_samples=ecfg.num_samples, k=ecfg.k, batch_size=ecfg.batch_size, chunk_size=ecfg.chunk_size,
                 seed=ecfg.seed, grad_norms=ecfg.grad_norms, cube_group=ecfg.cube_group, floor=ecfg.floor,
+                linear_head=ecfg.get("linear_head"),
             )
 
     train_model: torch.nn.Module = model
@@ -161,6 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
         barrier(dist_info)
 
+    snapshot_steps = {int(s) for s in (tcfg.get("snapshot_steps") or [])}
     last: dict[str, float] = {}
     if start_step == 0 and ecfg.every:
         last = evaluate(0)
@@ -213,6 +215,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}", pct=f"{100 * pct:.2f}%")
             if step % int(tcfg.checkpoint_every) == 0 or step == max_steps:
                 checkpoint(step)
+            if dist_info.is_main and step in snapshot_steps:
+                save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", {
+                    "step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                    "config": config_dict, "run_id": run_id})
             if guard.should_stop():
                 checkpoint(step)
                 log.warning("preemption signal: checkpoint saved at step %d; handing over to the launcher", step)

@@ -71,8 +71,6 @@ import gzip
 import hashlib
 import importlib.util
 import logging
-import os
-import tempfile
 import time
 import zlib
 from collections import Counter
@@ -84,6 +82,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from equivrepro.atomic import atomic_write
 from equivrepro.data import DataError, DataModule, heldout_split, nested_subset, pad_collate
 from equivrepro.task import Batch
 
@@ -490,17 +489,7 @@ class _ParseCache:
     def put(self, source: Path, parsed: dict[str, Any] | None, error: str | None) -> dict[str, Any]:
         entry = {"stamp": self._stamp(source), "error": error, "parsed": _to_torch(parsed) if parsed is not None else None}
         if self.directory is not None:
-            path = self._path(source)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save(entry, f)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            atomic_write(self._path(source), lambda f: torch.save(entry, f))
         return entry
 
 

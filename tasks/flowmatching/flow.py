@@ -19,8 +19,6 @@ seed gives the same noise and times on every device and dtype.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +26,7 @@ import numpy as np
 import torch
 from scipy.special import betaincinv
 
+from equivrepro.atomic import atomic_write_text
 from equivrepro.rotations import center_points
 
 __all__ = [
@@ -187,14 +186,4 @@ def write_ca_pdb(path: str | Path, ca_nm: torch.Tensor, mask: torch.Tensor | Non
     for i, (x, y, z) in enumerate(xyz, start=1):
         lines.append(f"ATOM  {i:5d}  CA  {residue_name:>3s} {chain:1s}{i:4d}    {x:8.3f}{y:8.3f}{z:8.3f}  1.00  0.00           C  ")
     lines += ["TER", "END", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(lines))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, "\n".join(lines))

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from equivrepro.atomic import atomic_write
 from equivrepro.data import DataError, DataModule, SubsetDataset, heldout_split, nested_subset, pad_collate
 from equivrepro.task import Batch
 from tasks.forcefield.units import (
@@ -107,28 +107,11 @@ def _load_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _save_cache(path: Path, arrays: dict[str, Any]) -> None:
+    payload = {k: v for k, v in arrays.items() if k != "skipped"}
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
+        atomic_write(path, lambda fh: np.savez(fh, **payload, skipped=np.array(json.dumps(arrays["skipped"]))))
+    except PermissionError as exc:
         log.warning("cannot cache the index next to the data (%s); it will be rebuilt next time", exc)
-        return
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **{k: v for k, v in arrays.items() if k != "skipped"}, skipped=np.array(json.dumps(arrays["skipped"])))
-        _umask_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask_permissions(path: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 class _IndexedDataset(Dataset):

@@ -36,15 +36,15 @@ import argparse
 import functools
 import logging
 import multiprocessing
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from equivrepro.atomic import atomic_path
+from equivrepro.molecules import RDKIT_SMILES_SOURCES, bundled_smiles
 from tasks.forcefield.units import (
     BOHR_TO_ANGSTROM,
     HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
@@ -57,12 +57,6 @@ log = logging.getLogger("tasks.forcefield.generate")
 
 __all__ = ["GeneratorConfig", "candidate_molecules", "label_molecule", "generate", "main"]
 
-#: RDKit's bundled SMILES sets: (name, path relative to RDDataDir / RDContribDir, reader).
-SOURCES = (
-    ("RDKit WEHI screening compounds", ("data", "Pains/test_data/wehi_mols.csv"), "csv"),
-    ("RDKit ChEMBL CHEMBL2321810 ligands", ("contrib", "FreeWilson/data/CHEMBL2321810.smi"), "smi"),
-    ("RDKit NCI first 5K", ("data", "NCI/first_5K.smi"), "smi"),
-)
 PRIMARY_METHOD = "GFN2-xTB"
 FALLBACK_METHOD = "MMFF94"
 
@@ -85,18 +79,6 @@ class GeneratorConfig:
 # --------------------------------------------------------------------------------------------------
 # Candidate molecules
 # --------------------------------------------------------------------------------------------------
-def _read_smiles(kind: str, path: Path) -> Iterator[str]:
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            if kind == "csv":
-                yield line.split(",")[0].strip().strip('"')
-            else:
-                yield line.split()[0]
-
-
 def candidate_molecules(cfg: GeneratorConfig, counts: Counter) -> list[tuple[str, str]]:
     """Filtered, de-duplicated (canonical SMILES, source) pairs in a seeded random order.
 
@@ -113,41 +95,34 @@ def candidate_molecules(cfg: GeneratorConfig, counts: Counter) -> list[tuple[str
 def _filtered_sources(elements: tuple[int, ...], min_heavy: int, max_heavy: int) -> tuple[tuple[tuple[str, str], ...], tuple]:
     """Sorted (canonical SMILES, source) pairs passing the filters, and the rejection counts (cached:
     parsing the ~16k bundled SMILES takes a few seconds)."""
-    from rdkit import Chem, RDConfig, RDLogger
+    from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    roots = {"data": Path(RDConfig.RDDataDir), "contrib": Path(RDConfig.RDContribDir)}
     allowed = set(elements)
     counts: Counter = Counter()
     seen: dict[str, str] = {}
-    for name, (root, rel), kind in SOURCES:
-        path = roots[root] / rel
-        if not path.exists():
-            counts["source_missing"] += 1
-            log.warning("RDKit data file %s is missing; skipping source %r", path, name)
+    for smi, name in bundled_smiles(counts):
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            counts["rejected_unparseable"] += 1
             continue
-        for smi in _read_smiles(kind, path):
-            mol = Chem.MolFromSmiles(smi)
-            if mol is None:
-                counts["rejected_unparseable"] += 1
-                continue
-            if len(Chem.GetMolFrags(mol)) != 1:
-                counts["rejected_multi_fragment"] += 1
-                continue
-            if any(a.GetAtomicNum() not in allowed for a in mol.GetAtoms()):
-                counts["rejected_element"] += 1
-                continue
-            if Chem.GetFormalCharge(mol) != 0 or any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-                counts["rejected_charged_or_radical"] += 1
-                continue
-            if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
-                counts["rejected_size"] += 1
-                continue
-            can = Chem.MolToSmiles(mol)
-            if can in seen:
-                counts["rejected_duplicate"] += 1
-                continue
-            seen[can] = name
+        if len(Chem.GetMolFrags(mol)) != 1:
+            counts["rejected_multi_fragment"] += 1
+            continue
+        if any(a.GetAtomicNum() not in allowed for a in mol.GetAtoms()):
+            counts["rejected_element"] += 1
+            continue
+        if Chem.GetFormalCharge(mol) != 0 or any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
+            counts["rejected_charged_or_radical"] += 1
+            continue
+        if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
+            counts["rejected_size"] += 1
+            continue
+        can = Chem.MolToSmiles(mol)
+        if can in seen:
+            counts["rejected_duplicate"] += 1
+            continue
+        seen[can] = name
     return tuple(sorted(seen.items())), tuple(sorted(counts.items()))
 
 
@@ -314,10 +289,7 @@ def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
     resid_arr = np.array(resid)
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             str_dt = h5py.string_dtype()
             for i, m in enumerate(mols):
@@ -341,7 +313,7 @@ def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
                 f"RDKit ETKDGv3 conformers, MMFF94 relaxation ({cfg.mmff_iters} iterations), "
                 f"then Gaussian displacement of every atom with std {cfg.noise} Å"
             )
-            f.attrs["sources"] = np.array([s[0] for s in SOURCES], dtype=str_dt)
+            f.attrs["sources"] = np.array([s[0] for s in RDKIT_SMILES_SOURCES], dtype=str_dt)
             f.attrs["rdkit_version"] = rdkit.__version__
             f.attrs["tblite_version"] = version("tblite")
             f.attrs["n_molecules"] = len(mols)
@@ -356,14 +328,6 @@ def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
             f.attrs["energy_mean_eV"] = float(resid_arr.mean())
             f.attrs["energy_std_eV"] = float(resid_arr.std())
             f.attrs["force_rms_eV_per_A"] = float(np.sqrt(force_sq / max(n_force, 1)))
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp files are 0600
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     summary = {
         "path": str(out),
         "molecules": len(mols),

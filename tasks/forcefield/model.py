@@ -8,7 +8,6 @@ paper and the architecture notes; no upstream code is used.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -283,6 +282,9 @@ class EScAIP(nn.Module):
         attn_dropout (0.1), mlp_dropout (0.05): dropout rates (off in ``eval()``).
         energy_reduce: ``"mean"`` (EScAIP V1) or ``"sum"``.
         energy_head_gain: xavier gain of the energy-head linears (0.01: energies start near the mean).
+        force_head_gain: xavier gain of the force head's direction linear ``force_head.out`` (1: plain
+            xavier; < 1 starts the forces small while the magnitude MLP stays O(1), so training does not
+            begin by collapsing both factors of F = direction · magnitude towards the zero-force saddle).
     """
 
     def __init__(
@@ -305,6 +307,7 @@ class EScAIP(nn.Module):
         mlp_dropout: float = 0.05,
         energy_reduce: str = "mean",
         energy_head_gain: float = 0.01,
+        force_head_gain: float = 1.0,
     ):
         super().__init__()
         if energy_reduce not in ("mean", "sum"):
@@ -327,10 +330,11 @@ class EScAIP(nn.Module):
         self.output_projection = OutputProjection(hidden_size, num_layers + 1)
         self.energy_head = ScalarHead(hidden_size, output_multiplier, mlp_dropout)
         self.force_head = DirectForceHead(hidden_size, output_multiplier, mlp_dropout)
-        self.reset_parameters(energy_head_gain)
+        self.reset_parameters(energy_head_gain, force_head_gain)
 
-    def reset_parameters(self, energy_head_gain: float = 0.01) -> None:
-        """Xavier-uniform linears with zero biases (gain ``energy_head_gain`` in the energy head),
+    def reset_parameters(self, energy_head_gain: float = 0.01, force_head_gain: float = 1.0) -> None:
+        """Xavier-uniform linears with zero biases (gain ``energy_head_gain`` in the energy head and
+        ``force_head_gain`` in ``force_head.out``),
         element embeddings U(−0.001, 0.001), angle-bias scales 1."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -344,6 +348,7 @@ class EScAIP(nn.Module):
         for module in self.energy_head.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight, gain=energy_head_gain)
+        nn.init.xavier_uniform_(self.force_head.out.weight, gain=force_head_gain)
         for block in self.blocks:
             nn.init.ones_(block.angle_scale)
 

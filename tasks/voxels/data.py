@@ -69,9 +69,9 @@ import math
 import os
 import pickle
 import struct
-import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -80,6 +80,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from equivrepro.atomic import atomic_path
 from equivrepro.data import DataError, DataModule, SubsetDataset, heldout_split, nested_subset, pad_collate
 from equivrepro.task import Batch
 
@@ -118,13 +119,6 @@ def _symbol(z: int) -> str:
     from rdkit import Chem
 
     return str(Chem.GetPeriodicTable().GetElementSymbol(int(z)))
-
-
-def _finish_tmp(tmp: str) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the permissions a plain ``open`` would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,9 +399,8 @@ class StoreWriter:
         self.path = Path(path)
         self.channels = tuple(channels)
         self.chunk_atoms = int(chunk_atoms)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
+        self._target = ExitStack()  # holds the atomic_path context: closed normally → renamed into place
+        self.tmp = self._target.enter_context(atomic_path(self.path))
         self.f = h5py.File(self.tmp, "w")
         mk = lambda name, shape, dtype: self.f.create_dataset(  # noqa: E731
             name, shape=(0,) + shape, maxshape=(None,) + shape, dtype=dtype, chunks=(max(1, 65536 // max(1, math.prod(shape))),) + shape
@@ -475,15 +468,15 @@ class StoreWriter:
         for key, value in attrs.items():
             self.f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value, default=str)
         self.f.close()
-        _finish_tmp(self.tmp)
-        os.replace(self.tmp, self.path)
+        self._target.close()
 
     def abort(self) -> None:
+        """Drop the temporary file; ``path`` is left as it was."""
         try:
             self.f.close()
         finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
+            err = RuntimeError(f"writing {self.path} was aborted")
+            self._target.__exit__(type(err), err, None)
 
 
 def _source_format(path: str, source_format: str) -> str:

@@ -40,7 +40,6 @@ import functools
 import json
 import logging
 import pickle
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -48,16 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from equivrepro.atomic import atomic_path, atomic_write
+from equivrepro.molecules import bundled_smiles
+
 log = logging.getLogger("tasks.voxels.generate")
 
 __all__ = ["GeneratorConfig", "candidate_smiles", "embed_molecule", "generate", "main"]
-
-#: RDKit's bundled SMILES sets: (name, (root, path relative to it), reader).
-SOURCES = (
-    ("RDKit WEHI screening compounds", ("data", "Pains/test_data/wehi_mols.csv"), "csv"),
-    ("RDKit ChEMBL CHEMBL2321810 ligands", ("contrib", "FreeWilson/data/CHEMBL2321810.smi"), "smi"),
-    ("RDKit NCI first 5K", ("data", "NCI/first_5K.smi"), "smi"),
-)
 
 
 @dataclass
@@ -76,35 +71,23 @@ class GeneratorConfig:
 @functools.lru_cache(maxsize=4)
 def _all_candidates(min_heavy: int, max_heavy: int) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     """Sorted canonical SMILES passing the filters and rejection counts (cached)."""
-    from rdkit import Chem, RDConfig, RDLogger
+    from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    roots = {"data": Path(RDConfig.RDDataDir), "contrib": Path(RDConfig.RDContribDir)}
     counts: Counter = Counter()
     seen: set[str] = set()
-    for name, (root, rel), kind in SOURCES:
-        path = roots[root] / rel
-        if not path.exists():
-            counts["source_missing"] += 1
-            log.warning("RDKit data file %s is missing; skipping source %r", path, name)
+    for smi, _source in bundled_smiles(counts):
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            counts["rejected_unparseable"] += 1
             continue
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                smi = line.split(",")[0].strip().strip('"') if kind == "csv" else line.split()[0]
-                mol = Chem.MolFromSmiles(smi)
-                if mol is None:
-                    counts["rejected_unparseable"] += 1
-                    continue
-                if len(Chem.GetMolFrags(mol)) != 1:
-                    counts["rejected_multi_fragment"] += 1
-                    continue
-                if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
-                    counts["rejected_size"] += 1
-                    continue
-                seen.add(Chem.MolToSmiles(mol))
+        if len(Chem.GetMolFrags(mol)) != 1:
+            counts["rejected_multi_fragment"] += 1
+            continue
+        if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
+            counts["rejected_size"] += 1
+            continue
+        seen.add(Chem.MolToSmiles(mol))
     return tuple(sorted(seen)), tuple(sorted(counts.items()))
 
 
@@ -153,31 +136,14 @@ def _max_radius(mol, ids) -> float:
     return out
 
 
-def _atomic_tmp(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def _write_pickle(path: Path, data: list) -> None:
-    tmp = _atomic_tmp(path)
-    try:
-        with open(tmp, "wb") as fh:
-            pickle.dump(data, fh, protocol=4)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: pickle.dump(data, fh, protocol=4))
 
 
 def _write_sdf(path: Path, data: list) -> None:
     from rdkit import Chem
 
-    tmp = _atomic_tmp(path)
-    try:
+    with atomic_path(path) as tmp:
         writer = Chem.SDWriter(tmp)
         for smiles, confs in data:
             for m in confs:
@@ -186,12 +152,6 @@ def _write_sdf(path: Path, data: list) -> None:
                 m.SetProp("smiles", smiles)
                 writer.write(m)
         writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def generate(out: str | Path, cfg: GeneratorConfig) -> dict:

@@ -78,3 +78,14 @@ def test_bad_grid_side_is_rejected():
         model(torch.zeros(1, 8, 20, 20, 20))
     with pytest.raises(ValueError, match="expected a grid"):
         model(torch.zeros(1, 5, 16, 16, 16))
+
+
+def test_head_gain_scales_the_initial_output_exactly():
+    kwargs = {**_config("voxunet_tiny"), "dropout": 0.0}
+    y = torch.randn(1, 8, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for gain in (1.0, 0.05):
+        torch.manual_seed(0)
+        outs.append(VoxUNet(**{**kwargs, "head_gain": gain}).eval()(y))
+    torch.testing.assert_close(outs[1], 0.05 * outs[0], rtol=1e-5, atol=1e-7)
+    assert _config("voxunet_111m")["head_gain"] == 1.0  # the paper-size models keep the upstream initialisation
