@@ -19,10 +19,18 @@ Each surface gets a least-squares quadratic fit
 along an eigenvector) and a smoothness ratio: the mean absolute second difference along both axes
 divided by the surface's range: 4/(n−1)² (0.011 at n = 20) for a noiseless bowl a x² + b y² centred on
 the grid, ≈ 0.3 for white noise.
+
+Cost. Each grid point is one evaluation of the losses (a K-rotation forward pass of the held-out
+batches). With ``points_per_call = m > 1`` the grid is evaluated m points at a time under
+:func:`torch.func.vmap`: everything that does not depend on θ_S (for an output-head subset: the whole
+trunk) is computed once per call instead of once per point, which makes a 20×20 landscape of a head
+cost about as much as a few evaluations. Memory grows with m for subsets deep in the network. Models
+whose forward pass vmap cannot trace fall back to one point at a time (with a warning).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -34,7 +42,7 @@ from equivrepro.analysis.hessian import DEFAULT_REL_THRESHOLD, Spectrum, hessian
 from equivrepro.analysis.subset import LOSS_NAMES, SubsetLosses
 from equivrepro.train.checkpoint import atomic_write
 
-__all__ = ["Landscape", "loss_landscape", "grid_coordinates", "quadratic_fit", "smoothness", "PAPER_STEPS"]
+__all__ = ["Landscape", "loss_landscape", "evaluate_points", "grid_coordinates", "quadratic_fit", "smoothness", "PAPER_STEPS"]
 
 #: Grid step used by the paper at the step-500 checkpoints.
 PAPER_STEPS = {"forcefield": 0.00164, "flowmatching": 0.002}
@@ -81,6 +89,29 @@ def smoothness(z: np.ndarray | torch.Tensor) -> float:
     d2 = np.concatenate([np.abs(np.diff(z, 2, axis=0)).ravel(), np.abs(np.diff(z, 2, axis=1)).ravel()])
     rng = float(z.max() - z.min())
     return float(d2.mean() / rng) if rng > 0 else 0.0
+
+
+def _loss_vector(losses: SubsetLosses, theta: torch.Tensor) -> torch.Tensor:
+    vals = losses.evaluate(theta)
+    return torch.stack([vals[name] for name in LOSS_NAMES])
+
+
+def evaluate_points(losses: SubsetLosses, thetas: torch.Tensor, points_per_call: int = 1) -> tuple[torch.Tensor, int]:
+    """(L_mean, L_equiv, L_total) at each row of ``thetas (M, P)``, without grad.
+
+    Returns ``(values (M, 3) float64 on the CPU, points_per_call actually used)``. ``points_per_call`` > 1
+    evaluates that many rows per :func:`torch.func.vmap` call; if the model cannot be vmapped, warns and
+    evaluates one row at a time (same numbers) and reports 1.
+    """
+    m = max(1, int(points_per_call))
+    with torch.no_grad():
+        if m > 1 and thetas.shape[0] > 1:
+            try:
+                parts = [torch.func.vmap(lambda t: _loss_vector(losses, t))(thetas[i : i + m]) for i in range(0, thetas.shape[0], m)]
+                return torch.cat(parts).detach().to("cpu", torch.float64), m
+            except (RuntimeError, NotImplementedError, ValueError) as exc:
+                warnings.warn(f"vmap over landscape points failed ({type(exc).__name__}: {exc}); evaluating one point at a time")
+        return torch.stack([_loss_vector(losses, t) for t in thetas]).detach().to("cpu", torch.float64), 1
 
 
 @dataclass
@@ -149,6 +180,7 @@ def loss_landscape(
     spectra: Mapping[str, Spectrum] | None = None,
     rel_threshold: float = DEFAULT_REL_THRESHOLD,
     resolved_tol: float = 1e-6,
+    points_per_call: int = 1,
     **spectrum_kw,
 ) -> Landscape:
     """Evaluate L_mean, L_equiv (and L_total) on the n×n grid along each source's extreme eigenvectors.
@@ -156,7 +188,7 @@ def loss_landscape(
     ``spectra`` may carry precomputed :class:`Spectrum` objects per source; missing ones are computed
     with :func:`~equivrepro.analysis.hessian.hessian_spectrum` (``spectrum_kw``: method, k, generator, …).
     Cost: ``len(sources)·n²`` evaluations of the losses (each a K-rotation forward pass of the held-out
-    batches), under ``torch.no_grad``.
+    batches), under ``torch.no_grad``; ``points_per_call`` > 1 batches them with vmap (module docstring).
     """
     theta0 = losses.theta0
     coords = grid_coordinates(n, step).to(dtype=theta0.dtype)
@@ -175,20 +207,22 @@ def loss_landscape(
         d_max = ext["max"].to(theta0) / ext["max"].norm()
         directions[src] = {"min_pos": d_min, "max": d_max}
         eigenvalues[src] = {"min_pos": ext["lambda_min_pos"], "max": ext["lambda_max"]}
-        grid = {name: torch.empty(n, n, dtype=torch.float64) for name in LOSS_NAMES}
-        with torch.no_grad():
-            for i in range(n):
-                for j in range(n):
-                    vals = losses.evaluate(theta0 + coords_dev[i] * d_min + coords_dev[j] * d_max)
-                    for name in LOSS_NAMES:
-                        grid[name][i, j] = float(vals[name])
+        # row-major over (i, j): point p = i·n + j is θ⁰ + a_i d_min + a_j d_max; built one call's worth at a time
+        blocks, per_call = [], max(1, int(points_per_call))
+        for first in range(0, n * n, per_call):
+            p = torch.arange(first, min(first + per_call, n * n), device=coords_dev.device)
+            thetas = theta0 + coords_dev[p // n, None] * d_min + coords_dev[p % n, None] * d_max
+            block, per_call = evaluate_points(losses, thetas, per_call)
+            blocks.append(block)
+        values = torch.cat(blocks)  # (n², 3)
+        grid = {name: values[:, c].reshape(n, n).clone() for c, name in enumerate(LOSS_NAMES)}
         surfaces[src] = grid
         stats[src] = {}
         for name, z in grid.items():
             fit = quadratic_fit(coords, coords, z)
             stats[src][name] = {**fit, "smoothness": smoothness(z), "min": float(z.min()), "max": float(z.max())}
     config = {
-        "n": n, "step": step, "sources": list(sources), "rel_threshold": rel_threshold, "resolved_tol": resolved_tol,
+        "n": n, "step": step, "sources": list(sources), "points_per_call": points_per_call, "rel_threshold": rel_threshold, "resolved_tol": resolved_tol,
         "axis0": "min-positive eigenvector", "axis1": "max eigenvector",
         "hessian": {s: {"method": spectra[s].method, **spectra[s].condition(rel_threshold, resolved_tol)} for s in sources},
         **losses.describe(),

@@ -51,9 +51,31 @@ def plain_config(cfg: DictConfig | dict) -> dict[str, Any]:
     return container
 
 
+def _relative_to_paths(node: Any, roots: list[tuple[str, str]]) -> Any:
+    """``node`` with every string that starts with a resolved ``paths.*`` directory rewritten relative to it."""
+    if isinstance(node, dict):
+        return {k: _relative_to_paths(v, roots) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_relative_to_paths(v, roots) for v in node]
+    if isinstance(node, str):
+        for name, root in roots:
+            if node == root or node.startswith(root.rstrip("/") + "/"):
+                return "${paths." + name + "}" + node[len(root.rstrip("/")):]
+    return node
+
+
 def run_identity(cfg: DictConfig | dict) -> str:
-    """A 10-hex-digit hash of the result-relevant part of the config."""
+    """A 10-hex-digit hash of the result-relevant part of the config.
+
+    File names under a ``paths.*`` directory (data files, caches) count relative to it, so the same run
+    keeps its identity when the checkout, the data root or the runs root moves (another machine, a
+    cluster's scratch): ``data.path=/a/data/x.h5`` with ``paths.data_dir=/a/data`` hashes as
+    ``${paths.data_dir}/x.h5``.
+    """
     d = plain_config(cfg)
+    paths = d.get("paths") if isinstance(d.get("paths"), dict) else {}
+    roots = sorted(((k, str(v)) for k, v in paths.items() if isinstance(v, str) and v.startswith("/")), key=lambda kv: -len(kv[1]))
+    d = _relative_to_paths(d, roots)
     for dotted in NON_IDENTITY_KEYS:
         node, *rest = dotted.split(".")
         if not rest:

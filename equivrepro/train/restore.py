@@ -27,10 +27,15 @@ class RestoredRun:
     step: int
 
 
-def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu", setup_data: bool = True) -> RestoredRun:
-    """``weights='ema'`` loads the EMA weights when the run kept them (else the raw ones), ``'model'`` the raw ones."""
+def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu", setup_data: bool = True,
+             checkpoint: str | Path | None = None) -> RestoredRun:
+    """``weights='ema'`` loads the EMA weights when the run kept them (else the raw ones), ``'model'`` the raw ones.
+
+    ``checkpoint``: another checkpoint file of the run, e.g. a snapshot ``checkpoints/step_00000500.pt``
+    (default ``checkpoints/last.pt``); a relative path is taken relative to ``run_dir``.
+    """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
+    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME if checkpoint is None else run_dir / Path(checkpoint)
     if not ckpt_path.exists():
         raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
     state: dict[str, Any] = load_checkpoint(ckpt_path, map_location=device)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from equivrepro.train.build import run_identity
 from equivrepro.train.checkpoint import atomic_write_text
 from equivrepro.train.ema import EMA
 from equivrepro.train.loggers import ResultsFile, read_results
@@ -90,3 +91,16 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write(p, bad, mode="w")
     assert p.read_text() == "old"
     assert [q.name for q in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_run_identity_survives_moving_the_data_root_but_not_changing_the_data():
+    def cfg(root: str, name: str = "x.h5", lr: float = 1e-3) -> dict:
+        return {"paths": {"root": root, "data_dir": f"{root}/data", "runs_dir": f"{root}/runs"},
+                "data": {"path": f"{root}/data/{name}", "cache": f"{root}/data/cache"}, "optim": {"lr": lr}}
+
+    assert run_identity(cfg("/work/main")) == run_identity(cfg("/tmp/fresh"))
+    assert run_identity(cfg("/work/main")) != run_identity(cfg("/work/main", name="y.h5"))
+    assert run_identity(cfg("/work/main")) != run_identity(cfg("/work/main", lr=1e-4))
+    outside = cfg("/work/main")
+    outside["data"]["path"] = "/datasets/SPICE.hdf5"  # a file outside every paths.* root keeps its absolute name
+    assert run_identity(outside) != run_identity({**outside, "data": {**outside["data"], "path": "/other/SPICE.hdf5"}})
