@@ -318,20 +318,31 @@ def draw_figures(table, figure_names: Sequence[str], jobs_by_sweep: Mapping[str,
     return failed
 
 
-def print_pct_lines(summary, run_ids: Sequence[str], threshold: float = 0.02) -> None:
+def print_pct_lines(summary, table, run_ids: Sequence[str], threshold: float = 0.02) -> None:
     """One line per default run and evaluation of its headline term: pct at the first evaluation, the first
-    step with pct ≤ 2 %, the minimum and the final value (the numbers behind the paper's headline claim)."""
+    step with pct ≤ 2 %, the minimum and the final value (the numbers behind the paper's headline claim),
+    each with L_total / L_null there (``total_rel_null``): a pct measured while the model still sits at
+    the trivial predictor's loss (≈ 1) says nothing about learned equivariance."""
     if summary.empty:
         return
+    rel = table[table["metric"].astype(str).str.endswith("/total_rel_null")]
+    rel = {(str(r), str(m), int(s)): float(v) for r, m, s, v in zip(rel["run_id"], rel["metric"], rel["step"], rel["value"])}
+
+    def at(r, step) -> str:
+        v = rel.get((str(r["run_id"]), str(r["metric"])[: -len("/pct")] + "/total_rel_null", int(step)))
+        return f" [L/L_null {v:.2f}]" if v is not None else ""
+
     rows = summary[summary["run_id"].astype(str).isin(set(run_ids))]
     for _, r in rows.sort_values(["task", "metric"]).iterrows():
         term = str(r.get("primary_term") or "")
         if term and not str(r["metric"]).endswith(f"/{term}/pct"):
             continue
-        below = f"step {int(r['below_step'])}" if r["below_step"] == r["below_step"] else f"never (min {100 * r['dip_pct']:.2f} %)"
-        print(f"[pct] {r['task']:12s} {r['metric']:32s} first ≤ {100 * threshold:g} %: {below:24s} "
-              f"step {r['first_step']}: {100 * r['first_pct']:6.2f} %   min {100 * r['dip_pct']:6.2f} % (step {r['dip_step']})   "
-              f"final {100 * r['final_pct']:6.2f} % (step {r['final_step']})", flush=True)
+        below = (f"step {int(r['below_step'])}{at(r, r['below_step'])}" if r["below_step"] == r["below_step"]
+                 else f"never (min {100 * r['dip_pct']:.2f} %)")
+        print(f"[pct] {r['task']:12s} {r['metric']:28s} first ≤ {100 * threshold:g} %: {below:32s} "
+              f"step {r['first_step']}: {100 * r['first_pct']:5.2f} %{at(r, r['first_step'])}   "
+              f"min {100 * r['dip_pct']:5.2f} % (step {r['dip_step']})   "
+              f"final {100 * r['final_pct']:5.2f} % (step {r['final_step']}){at(r, r['final_step'])}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     atomic_write_text(results_dir / "pct_summary.csv", summary.to_csv(index=False))
     log.info("results table: %s (%d rows, %d runs); pct summary: %s", path, len(table), table["run_id"].nunique(), results_dir / "pct_summary.csv")
-    print_pct_lines(summary, [j.run_id for s in sweep_names if s.endswith("-default") for j in jobs_by_sweep[s]])
+    print_pct_lines(summary, table, [j.run_id for s in sweep_names if s.endswith("-default") for j in jobs_by_sweep[s]])
     failed = draw_figures(table, names, jobs_by_sweep, scale, figures_dir)
     log.info("done in %.0f s: %d figure(s) in %s%s", time.perf_counter() - t0, len(names) - len(failed), figures_dir,
              f"; not drawn: {failed}" if failed else "")
