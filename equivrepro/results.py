@@ -394,7 +394,7 @@ def summarize_pct(df: pd.DataFrame, metric_glob: str = "equiv/*pct", threshold: 
         out.append({
             "run_id": run_id, "task": first["task"], "model_label": first["model_label"], "train_size": first["train_size"],
             "optim_label": first["optim_label"], "augment": first["augment"], "seed": first["seed"],
-            "primary_term": first["primary_term"], "metric": metric,
+            "primary_term": first.get("primary_term"), "metric": metric,
             "first_step": int(first["step"]), "first_pct": float(first["value"]),
             "below_step": float(below.iloc[0]["step"]) if len(below) else math.nan,
             "dip_step": int(g.loc[i, "step"]), "dip_pct": float(g.loc[i, "value"]),

@@ -147,6 +147,9 @@ def test_pct_summary_finds_the_dip_and_the_end():
                        "augment": True, "seed": 0, "step": steps, "metric": "equiv/t=0.4/velocity/pct", "value": pct})
     s = summarize_pct(df).iloc[0]
     assert (s["first_pct"], s["dip_step"], s["dip_pct"], s["final_step"], s["final_pct"]) == (0.20, 20, 0.001, 40, 0.03)
+    assert s["below_step"] == 20  # first evaluation with pct ≤ 2 % (0.05 at step 10 is not)
+    assert summarize_pct(df, threshold=0.06).iloc[0]["below_step"] == 10
+    assert math.isnan(summarize_pct(df, threshold=1e-4).iloc[0]["below_step"])  # never reached
 
 
 def test_labels_and_metric_names():

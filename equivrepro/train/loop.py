@@ -97,7 +97,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(int(cfg.seed))
     task, model, datamodule = build_from_config(cfg)
+    # rank 0 first: it builds what is missing (embedded data, index and parse caches) while the others
+    # wait, so they only read finished files
+    if not dist_info.is_main:
+        barrier(dist_info)
     datamodule.setup()
+    if dist_info.is_main:
+        barrier(dist_info)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, max_steps)
