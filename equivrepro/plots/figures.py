@@ -323,6 +323,8 @@ def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = N
         fig.suptitle(title)
         return _finish(fig, axes, pd.concat(parts, ignore_index=True), stem, _smoothing_note(smoothing))
     s = suffixes[0]
+    rel = _final_rel_null(table, _metric(term, "total_rel_null", s), by, keys)
+    labels = {k: labels[k] + (f" (final L/L₀ {rel[k]:.2f})" if k in rel else "") for k in keys}
     fig, (ax,) = new_figure(1, panel_size=(6.0, 4.0))
     data = _in_order(_curves(table, _metric(term, "pct", s), lambda g: _key_of(g[by].iloc[0]), smoothing, 100.0), keys)
     _draw(ax, data, keys, labels, series_colors(len(keys)), logy)
@@ -334,7 +336,25 @@ def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = N
     ax.legend(title=legend_title, loc="best")
     ax.set_title(title + (f" ({_suffix_label(s)})" if s else ""))
     data.insert(0, "panel", task)
-    return _finish(fig, [ax], data, stem, _smoothing_note(smoothing))
+    note = _smoothing_note(smoothing)
+    if rel:
+        note = (note + "  " if note else "") + REL_NULL_NOTE
+    return _finish(fig, [ax], data, stem, note)
+
+
+REL_NULL_NOTE = ("L/L₀: held-out L_total at the last evaluation over the loss of the task's trivial predictor; "
+                 "near 1 the run has not learned, and its pct is small only because its output is.")
+
+
+def _final_rel_null(table: pd.DataFrame, metric: str, by: str, keys: Sequence) -> dict:
+    """Mean over the runs of each ``by`` value of their last logged ``metric`` (``…/total_rel_null``)."""
+    rows = table[table["metric"] == metric]
+    out = {}
+    for k in keys:
+        g = rows[_equal(rows[by], k)]
+        if len(g):
+            out[k] = float(g.sort_values("step").groupby("run_id", observed=True)["value"].last().mean())
+    return out
 
 
 def _key_of(v):

@@ -124,6 +124,12 @@ def test_vary_optimizer_on_real_runs_and_refusal_to_mix_sweep_points(points_tabl
         _assert_matches(data, points_table, "equiv/mse/pct", runs=runs, series=label)
     with pytest.raises(ValueError, match="differ in lr"):
         F.pct_curves(points_table, tmp_path / "mixed")
+    # each series is labelled with its runs' final L_total / L_null, read from the table
+    rel = F._final_rel_null(points_table, "equiv/mse/total_rel_null", "optim_label", ["AdamW 1e-3", "AdamW 1e-2"])
+    for label, value in rel.items():
+        g = points_table[(points_table["optim_label"] == label) & (points_table["metric"] == "equiv/mse/total_rel_null")]
+        assert value == pytest.approx(g.sort_values("step").groupby("run_id")["value"].last().mean())
+        assert 0 < value < 10
 
 
 def test_smoothing_is_the_variable_span_ema_of_each_run(points_table, tmp_path):
