@@ -14,7 +14,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RDKIT_SMILES_SOURCES", "bundled_smiles"]
+__all__ = ["RDKIT_SMILES_SOURCES", "bundled_smiles", "bundled_molecules"]
 
 #: (name, (RDKit folder: "data" = RDConfig.RDDataDir | "contrib" = RDConfig.RDContribDir, relative path), format)
 RDKIT_SMILES_SOURCES = (
@@ -30,6 +30,22 @@ def _read(kind: str, path: Path) -> Iterator[str]:
             line = line.strip()
             if line:
                 yield line.split(",")[0].strip().strip('"') if kind == "csv" else line.split()[0]
+
+
+def bundled_molecules(counts: Counter) -> Iterator[tuple[object, str]]:
+    """The bundled SMILES parsed into single-fragment RDKit molecules, with their source name. Unparseable
+    and multi-fragment entries are dropped and counted (``rejected_unparseable``, ``rejected_multi_fragment``)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    for smi, source in bundled_smiles(counts):
+        mol = Chem.MolFromSmiles(smi)
+        if mol is None:
+            counts["rejected_unparseable"] += 1
+        elif len(Chem.GetMolFrags(mol)) != 1:
+            counts["rejected_multi_fragment"] += 1
+        else:
+            yield mol, source
 
 
 def bundled_smiles(counts: Counter | None = None) -> Iterator[tuple[str, str]]:

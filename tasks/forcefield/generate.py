@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from equivrepro.atomic import atomic_path
-from equivrepro.molecules import RDKIT_SMILES_SOURCES, bundled_smiles
+from equivrepro.molecules import RDKIT_SMILES_SOURCES, bundled_molecules
 from tasks.forcefield.units import (
     BOHR_TO_ANGSTROM,
     HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
@@ -101,14 +101,7 @@ def _filtered_sources(elements: tuple[int, ...], min_heavy: int, max_heavy: int)
     allowed = set(elements)
     counts: Counter = Counter()
     seen: dict[str, str] = {}
-    for smi, name in bundled_smiles(counts):
-        mol = Chem.MolFromSmiles(smi)
-        if mol is None:
-            counts["rejected_unparseable"] += 1
-            continue
-        if len(Chem.GetMolFrags(mol)) != 1:
-            counts["rejected_multi_fragment"] += 1
-            continue
+    for mol, name in bundled_molecules(counts):
         if any(a.GetAtomicNum() not in allowed for a in mol.GetAtoms()):
             counts["rejected_element"] += 1
             continue

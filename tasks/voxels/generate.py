@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from equivrepro.atomic import atomic_path, atomic_write
-from equivrepro.molecules import bundled_smiles
+from equivrepro.molecules import bundled_molecules
 
 log = logging.getLogger("tasks.voxels.generate")
 
@@ -76,14 +76,7 @@ def _all_candidates(min_heavy: int, max_heavy: int) -> tuple[tuple[str, ...], tu
     RDLogger.DisableLog("rdApp.*")
     counts: Counter = Counter()
     seen: set[str] = set()
-    for smi, _source in bundled_smiles(counts):
-        mol = Chem.MolFromSmiles(smi)
-        if mol is None:
-            counts["rejected_unparseable"] += 1
-            continue
-        if len(Chem.GetMolFrags(mol)) != 1:
-            counts["rejected_multi_fragment"] += 1
-            continue
+    for mol, _source in bundled_molecules(counts):
         if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
             counts["rejected_size"] += 1
             continue
