@@ -12,14 +12,40 @@ and exposes
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+import os
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
 from equivrepro.task import Batch
 
-__all__ = ["DataError", "DataModule", "nested_subset", "heldout_split", "pad_collate", "SubsetDataset"]
+__all__ = [
+    "ProcessLocalFile","DataError", "DataModule", "nested_subset", "heldout_split", "pad_collate", "SubsetDataset"]
+
+
+class ProcessLocalFile:
+    """A file opened lazily, once per process, by ``opener()`` (e.g. ``partial(h5py.File, path, "r")``).
+
+    DataLoader workers (forked or spawned) must not share an h5py or plain file handle with the main
+    process: :meth:`get` reopens the file when it is called from a new process, and pickling drops the
+    handle. ``opener`` must be picklable (a ``functools.partial`` of an importable callable is).
+    """
+
+    def __init__(self, opener: Callable[[], Any]):
+        self.opener = opener
+        self._handle: Any = None
+        self._pid: int | None = None
+
+    def get(self) -> Any:
+        pid = os.getpid()
+        if self._handle is None or self._pid != pid:
+            self._handle = self.opener()
+            self._pid = pid
+        return self._handle
+
+    def __getstate__(self) -> dict:
+        return {"opener": self.opener, "_handle": None, "_pid": None}
 
 
 class DataError(ValueError):

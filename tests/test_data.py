@@ -112,3 +112,25 @@ def test_pad_collate_rejects_unequal_non_ragged_shapes():
     items = [{"z": torch.ones(2), "cell": torch.ones(2, 3)}, {"z": torch.ones(3), "cell": torch.ones(3, 3)}]
     with pytest.raises(RuntimeError):
         pad_collate(items, ragged=("z",))
+
+
+def test_process_local_file_opens_once_per_process_and_pickles_without_its_handle(tmp_path):
+    import functools
+    import pickle
+
+    from equivrepro.data import ProcessLocalFile
+
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc")
+    opened = []
+
+    handle = ProcessLocalFile(functools.partial(open, str(path), "rb"))
+    first = handle.get()
+    assert handle.get() is first and first.read() == b"abc"
+    clone = pickle.loads(pickle.dumps(handle))  # what a spawned DataLoader worker receives
+    assert clone._handle is None and clone.get() is not first and clone.get().read() == b"abc"
+    handle._pid = -1  # as seen from a forked worker: another process id → reopened, not shared
+    assert handle.get() is not first
+    opened.extend([first, clone.get(), handle.get()])
+    for f in opened:
+        f.close()

@@ -63,6 +63,7 @@ class EquivarianceCallback:
         self.k, self.chunk_size = int(k), chunk_size
         self.want_grad, self.want_cube, self.want_floor = grad_norms, cube_group, floor
         self.linear_head = linear_head
+        self._model_free: dict[str, tuple[dict[str, float], dict[str, TermDecomposition]]] = {}
         g = torch.Generator().manual_seed(int(seed))
         n = min(int(num_samples), len(heldout_dataset))
         if n < 1:
@@ -99,13 +100,20 @@ class EquivarianceCallback:
                 sums.setdefault(term.name, []).append(term.fn(null, target, batch))
         return {name: float(torch.cat(v).double().mean()) for name, v in sums.items()}
 
+    def _model_free_part(self, suffix: str, batches: list[Batch]) -> tuple[dict[str, float], dict[str, TermDecomposition]]:
+        """The trivial predictor's losses and the oracle's decomposition (the floor) of one suffix. Both
+        depend only on the frozen batches and rotations, so they are computed at the first evaluation only."""
+        if suffix not in self._model_free:
+            floor = self._decompose(self.task.targets, batches, self.rotations) if self.want_floor else {}
+            self._model_free[suffix] = (self._null(batches), floor)
+        return self._model_free[suffix]
+
     @torch.no_grad()
     def _no_grad_part(self, model: nn.Module) -> dict[str, float]:
         out: dict[str, float] = {}
         for suffix, batches in self.chunks.items():
             decs = self._decompose(model, batches, self.rotations)
-            null = self._null(batches)
-            floor = self._decompose(self.task.targets, batches, self.rotations) if self.want_floor else {}
+            null, floor = self._model_free_part(suffix, batches)
             for name, dec in decs.items():
                 s = dec.summary()
                 for key, v in s.items():

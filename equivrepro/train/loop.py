@@ -158,13 +158,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loggers.log(step, metrics)
         return metrics
 
+    def weights(step: int) -> dict[str, Any]:
+        return {"step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "config": config_dict, "run_id": run_id}
+
     def checkpoint(step: int) -> None:
         if dist_info.is_main:
-            save_checkpoint(ckpt_path, {
-                "step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "config": config_dict, "run_id": run_id,
-            })
+            save_checkpoint(ckpt_path, {**weights(step), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
             atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
         barrier(dist_info)
 
@@ -222,9 +223,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if step % int(tcfg.checkpoint_every) == 0 or step == max_steps:
                 checkpoint(step)
             if dist_info.is_main and step in snapshot_steps:
-                save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", {
-                    "step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                    "config": config_dict, "run_id": run_id})
+                save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", weights(step))  # weights only
             if guard.should_stop():
                 checkpoint(step)
                 log.warning("preemption signal: checkpoint saved at step %d; handing over to the launcher", step)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import functools
 import os
 import re
 from pathlib import Path
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from equivrepro.atomic import atomic_write
-from equivrepro.data import DataError, DataModule, SubsetDataset, heldout_split, nested_subset, pad_collate
+from equivrepro.data import DataError, DataModule, ProcessLocalFile, SubsetDataset, heldout_split, nested_subset, pad_collate
 from equivrepro.task import Batch
 from tasks.forcefield.units import (
     BOHR_TO_ANGSTROM,
@@ -223,9 +224,10 @@ class SpiceHDF5Dataset(_IndexedDataset):
 
     def __init__(self, path, elements: Sequence[int] = SPICE_ELEMENTS, element_references="auto", bad_records: str = "error",
                  unknown_elements: str = "error", neutral_only: bool = False, accept_fallback_labels: bool = False, cache_index: bool = True):
+        import h5py
+
         self.accept_fallback_labels = bool(accept_fallback_labels)
-        self._h5 = None
-        self._pid = None
+        self._handle = ProcessLocalFile(functools.partial(h5py.File, str(path), "r"))
         super().__init__(path, elements, element_references, bad_records, unknown_elements, neutral_only, cache_index)
         self.group_names: list[str] = [str(s) for s in self.index["names"]]
 
@@ -311,18 +313,7 @@ class SpiceHDF5Dataset(_IndexedDataset):
         }
 
     def _file(self):
-        import h5py
-
-        pid = os.getpid()
-        if self._h5 is None or self._pid != pid:
-            self._h5 = h5py.File(self.path, "r")
-            self._pid = pid
-        return self._h5
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_h5"], state["_pid"] = None, None
-        return state
+        return self._handle.get()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         g = self._file()[self.group_names[int(self.index["group"][i])]]
@@ -394,8 +385,7 @@ class ExtXYZDataset(_IndexedDataset):
                  energy_keys: Sequence[str] = ("energy", "REF_energy", "dft_total_energy"),
                  forces_keys: Sequence[str] = ("forces", "REF_forces", "force")):
         self.energy_keys, self.forces_keys = tuple(energy_keys), tuple(forces_keys)
-        self._fh = None
-        self._pid = None
+        self._handle = ProcessLocalFile(functools.partial(open, str(path), "rb"))
         super().__init__(path, elements, element_references, bad_records, unknown_elements, neutral_only, cache_index)
 
     def _settings(self) -> dict:
@@ -482,16 +472,7 @@ class ExtXYZDataset(_IndexedDataset):
         return {"offset": np.array(offsets, dtype=np.int64), "natoms": np.array(natoms, dtype=np.int64), "molecule": ids, "skipped": skipped}
 
     def _file(self):
-        pid = os.getpid()
-        if self._fh is None or self._pid != pid:
-            self._fh = open(self.path, "rb")
-            self._pid = pid
-        return self._fh
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_fh"], state["_pid"] = None, None
-        return state
+        return self._handle.get()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         fh = self._file()

@@ -66,6 +66,7 @@ import hashlib
 import json
 import logging
 import math
+import functools
 import os
 import pickle
 import struct
@@ -81,7 +82,7 @@ import torch
 from torch.utils.data import Dataset
 
 from equivrepro.atomic import atomic_path
-from equivrepro.data import DataError, DataModule, SubsetDataset, heldout_split, nested_subset, pad_collate
+from equivrepro.data import DataError, DataModule, ProcessLocalFile, SubsetDataset, heldout_split, nested_subset, pad_collate
 from equivrepro.task import Batch
 
 log = logging.getLogger("tasks.voxels.data")
@@ -655,23 +656,13 @@ class VoxelStore(Dataset):
         if len(self.offsets) != len(self.molecule_id) + 1:
             raise DataError(f"{self.path}: offsets has {len(self.offsets)} entries for {len(self.molecule_id)} conformers")
         self.n_atoms = np.diff(self.offsets)
-        self._f = None
-        self._pid = None
+        self._handle = ProcessLocalFile(functools.partial(h5py.File, self.path, "r"))
 
     def __len__(self) -> int:
         return int(len(self.molecule_id))
 
     def _file(self):
-        pid = os.getpid()
-        if self._f is None or self._pid != pid:
-            self._f = h5py.File(self.path, "r")
-            self._pid = pid
-        return self._f
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_f"], state["_pid"] = None, None
-        return state
+        return self._handle.get()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         f = self._file()

@@ -104,7 +104,7 @@ def test_index_is_cached_next_to_the_file_and_dataset_pickles_for_workers(tmp_pa
     assert again.group_names == ds.group_names and np.array_equal(again.index["conformer"], ds.index["conformer"])
     first = ds[0]  # opens the HDF5 handle
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._h5 is None and torch.equal(clone[0]["pos"], first["pos"])
+    assert clone._handle._handle is None and torch.equal(clone[0]["pos"], first["pos"])
 
 
 def test_embedded_fallback_labels_are_skipped_unless_accepted(tmp_path):
