@@ -114,7 +114,7 @@ def test_euler_reaches_the_data_point_with_the_exact_field(gen):
 
 
 def test_sampler_writes_a_readable_ca_pdb(tmp_path, gen):
-    from tasks.flowmatching.model import ProteinaTransformer
+    from tasks.flowmatching.models.proteina import ProteinaTransformer
 
     torch.manual_seed(0)
     model = ProteinaTransformer(dim=32, depth=1, heads=2, pair_dim=8, dim_cond=16, time_emb_dim=16, index_emb_dim=16, num_registers=2).eval()

@@ -31,7 +31,7 @@ def test_sampling_from_a_fresh_model(tmp_path):
 
 
 def test_sampling_from_a_checkpoint_uses_the_ema_weights(tmp_path):
-    from tasks.flowmatching.model import ProteinaTransformer
+    from tasks.flowmatching.models.proteina import ProteinaTransformer
 
     cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "model" / "proteina_tiny.yaml"))
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 from equivrepro.metrics import TwirledPredictor, twirl_decomposition
 from equivrepro.rotations import center_points, haar_rotations, octahedral_group, rotate_points
 from tasks.flowmatching.flow import centered_gaussian_noise, interpolate, x1_from_velocity
-from tasks.flowmatching.model import ProteinaTransformer
+from tasks.flowmatching.models.proteina import ProteinaTransformer
 from tasks.flowmatching.task import PAPER_EVAL_TIMES, FlowMatchingTask
 
 TINY = dict(dim=32, depth=2, heads=4, pair_dim=16, dim_cond=16, time_emb_dim=16, index_emb_dim=16, num_registers=3)

@@ -13,7 +13,7 @@ from equivrepro.train.loggers import read_results
 from equivrepro.train.loop import train
 from tasks.forcefield.task import ForceFieldTask
 from tests.tasks.forcefield.files import standard_groups, write_spice
-from tests.tasks.forcefield.test_model import TINY, _model, molecules
+from tests.tasks.forcefield.models.test_escaip import TINY, _model, molecules
 
 
 def test_rotation_acts_on_positions_and_forces_and_unrotates_predictions(gen):

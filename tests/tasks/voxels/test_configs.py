@@ -11,7 +11,7 @@ from equivrepro.rotations import haar_rotations
 from equivrepro.train.app import compose_config
 from equivrepro.train.build import build_from_config
 from tasks.voxels.data import VoxelDataModule
-from tasks.voxels.model import VoxUNet
+from tasks.voxels.models.unet import VoxUNet
 from tasks.voxels.task import VoxelDenoisingTask
 from tests.tasks.voxels.molecules import conformer_mols, write_pickle
 

@@ -9,7 +9,7 @@ import torch
 
 from equivrepro.metrics import TwirledPredictor, twirl_decomposition, untwisted_predictions
 from equivrepro.rotations import haar_rotations, octahedral_group, rotate_grid, rotate_points
-from tasks.voxels.model import VoxUNet
+from tasks.voxels.models.unet import VoxUNet
 from tasks.voxels.task import VoxelDenoisingTask, denoise_sse
 
 

@@ -9,9 +9,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tasks.voxels.model import VoxUNet
+from tasks.voxels.models.unet import VoxUNet
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[4] / "configs" / "model"
 
 
 def _config(name: str) -> dict:

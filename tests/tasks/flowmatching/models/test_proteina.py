@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from tasks.flowmatching.model import PairBiasAttention, ProteinaTransformer, TriangleMultiplication, time_embedding
+from tasks.flowmatching.models.proteina import PairBiasAttention, ProteinaTransformer, TriangleMultiplication, time_embedding
 
-CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[4] / "configs" / "model"
 TINY = dict(dim=32, depth=2, heads=4, pair_dim=16, dim_cond=16, time_emb_dim=16, index_emb_dim=16, num_registers=3)
 
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from equivrepro.metrics import TwirledPredictor, twirl_decomposition
 from equivrepro.rotations import haar_rotations, octahedral_group, rotate_points
 from equivrepro.train.app import compose_config
-from tasks.forcefield.model import EScAIP, parameter_count
+from tasks.forcefield.models.escaip import EScAIP, parameter_count
 from tasks.forcefield.task import ForceFieldTask
 
 TINY = dict(hidden_size=16, num_layers=2, num_heads=2, atom_embedding_size=8, edge_distance_expansion_size=16,
@@ -20,7 +20,7 @@ TINY = dict(hidden_size=16, num_layers=2, num_heads=2, atom_embedding_size=8, ed
 
 def _model_kwargs(name: str) -> dict:
     cfg = OmegaConf.to_container(compose_config(["task=forcefield", f"model={name}", "logger=none"]).model, resolve=True)
-    assert cfg.pop("_target_") == "tasks.forcefield.model.EScAIP"
+    assert cfg.pop("_target_") == "tasks.forcefield.models.escaip.EScAIP"
     return cfg
 
 
