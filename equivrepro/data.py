@@ -7,7 +7,8 @@ and exposes
   record on bad input),
 * ``train_dataset`` and ``heldout_dataset`` — map-style datasets whose items are ``dict[str, Tensor]``,
 * ``collate(items) -> Batch`` — a padded batch (sample dimension first, boolean ``mask`` for padding),
-* ``describe() -> dict`` — counts worth logging (sizes, skipped records by reason, units).
+* ``describe() -> dict`` — counts worth logging (sizes, skipped records by reason, units),
+* ``statistics() -> dict`` — training-split statistics a task binds to (normalisers).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ class DataModule:
 
     def describe(self) -> dict[str, Any]:
         return {"train_size": len(self.train_dataset), "heldout_size": len(self.heldout_dataset)}
+
+    def statistics(self) -> dict[str, float]:
+        """Statistics of the training split that a task binds settings to (:meth:`equivrepro.task.Task.bind_data`),
+        e.g. force-field normalisers; computed from the data actually used, after :meth:`setup`. Default: none."""
+        return {}
 
 
 class SubsetDataset(Dataset):

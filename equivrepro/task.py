@@ -21,16 +21,19 @@ held-out batches (e.g. one per flow-matching time) so the decomposition measures
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from equivrepro.metrics.baselines import EquivariantBaseline
 
 Batch = dict[str, torch.Tensor]
 Prediction = dict[str, torch.Tensor]
 LossFn = Callable[[Prediction, Prediction, Batch], torch.Tensor]
 
-__all__ = ["Batch", "Prediction", "LossTerm", "Task", "repeat_batch", "split_copies", "batch_size", "index_batch", "to_device"]
+__all__ = ["Batch", "Prediction", "LossTerm", "Task", "repeat_batch", "split_copies", "batch_size", "to_device"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,27 @@ class Task:
         """Prediction of a trivial baseline (zero field, mean target, …) for context next to pct."""
         return None
 
+    # --- cheap equivariant baseline (context for pct, and the instrument's floor) --------------------
+    def make_baseline(self) -> "EquivariantBaseline | None":
+        """A fresh, unfitted cheap equivariant baseline of this task (see :mod:`equivrepro.metrics.baselines`),
+        fitted by the harness on training data only; None when the task has none."""
+        return None
+
+    # --- what a deployed model can rotate ------------------------------------------------------------
+    def rotate_model_input(self, batch: Batch, rotations: torch.Tensor) -> Batch:
+        """The batch with ``rotations (B, 3, 3)`` applied to what the model sees *at inference*, using only
+        what a deployed model has (the test-time twirl goes through this). Default :meth:`rotate_batch`;
+        a task whose evaluation batch carries quantities a deployed model does not have (the clean
+        molecule behind a noisy voxel grid) overrides it."""
+        return self.rotate_batch(batch, rotations)
+
+    # --- settings that come from the data ------------------------------------------------------------
+    def bind_data(self, statistics: Mapping[str, float]) -> dict[str, object]:
+        """Fill settings that depend on the data actually used (normalisers, …) from
+        ``datamodule.statistics()``; called once after ``setup()``. Returns a record of what was set or
+        found inconsistent (written to the run's status). Default: nothing to bind."""
+        return {}
+
     @property
     def primary_term(self) -> LossTerm:
         return self.terms[0]
@@ -112,10 +136,6 @@ def repeat_batch(batch: Mapping[str, torch.Tensor], k: int) -> Batch:
 def split_copies(x: torch.Tensor, b: int, k: int) -> torch.Tensor:
     """``(b*k, ...)`` laid out by :func:`repeat_batch` → ``(b, k, ...)``."""
     return x.reshape((b, k) + tuple(x.shape[1:]))
-
-
-def index_batch(batch: Mapping[str, torch.Tensor], idx: torch.Tensor | slice) -> Batch:
-    return {key: v[idx] for key, v in batch.items()}
 
 
 def to_device(batch: Mapping[str, torch.Tensor], device: torch.device | str, non_blocking: bool = False) -> Batch:
