@@ -23,7 +23,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export EQUIVREPRO_DATA ?= $(abspath $(DATA_DIR))
 
-.PHONY: venv test test-fast bench data clean-venv
+.PHONY: venv test test-fast bench data lint clean-venv
 
 venv: $(STAMP)
 
@@ -48,14 +48,17 @@ bench: venv
 clean-venv:
 	rm -rf $(VENV)
 
-# ---- embedded default data (generated once, cached under $(DATA_DIR)) --------------------------------
-data: $(DATA_DIR)/spice_embedded.h5 $(DATA_DIR)/geom_embedded.h5
-
-$(DATA_DIR)/spice_embedded.h5: | venv
-	$(PY) -m tasks.forcefield.generate --out $@ --seed 0
-
-$(DATA_DIR)/geom_embedded.h5: | venv
-	$(PY) -m tasks.voxels.generate --out $@ --seed 0
+# ---- embedded default data (generated once, cached under $(DATA_DIR)); each task card lists its files ----
+data: venv
+	$(PY) -m equivrepro.catalog data --data-dir $(DATA_DIR)
 
 -include make/figures.mk
 -include make/analysis.mk
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .

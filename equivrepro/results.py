@@ -2,8 +2,8 @@
 
 Sources
 -------
-* **Local runs** (default): every ``<run_dir>/metrics.csv`` under a runs directory (searched
-  recursively) together with its ``config.yaml`` and ``status.json`` — what the training harness writes.
+* **Local runs** (default): every run directory (:class:`equivrepro.runs.RunDir`) under a runs directory
+  (searched recursively): its results file, config and status — what the training harness writes.
 * **wandb** (when the runs were synced to a server): ``collect_wandb("entity/project")`` reads each
   run's config and full history through ``wandb.Api()``; rows are converted by the same code as local
   runs (:func:`wandb_history_to_tidy`), so figures do not care where the table came from.
@@ -13,7 +13,7 @@ Columns
 ``run_id, run_dir, name, task, status, status_step, step, metric, value`` and, per run,
 ``model`` (class name), ``model_target``, ``n_params`` (trainable parameters, counted on the meta device
 without allocating weights), ``model_label`` (e.g. ``EScAIPForceField 6.2M``), ``data_target``,
-``train_size`` (``data.train_size`` or ``data.train_subset``: a count or a fraction; NaN = all data),
+``train_size`` (``data.train_size``: a count or a fraction; NaN = all data),
 ``optim`` (class name), ``lr``, ``optim_label`` (e.g. ``AdamW 1e-05``), ``schedule``, ``augment``,
 ``seed``, ``batch_size``, ``max_steps`` and ``primary_term`` (the task's headline loss term, whose
 ``equiv/…/<term>/pct`` the figures show). :data:`GROUP_COLUMNS` are the settings that distinguish
@@ -36,19 +36,16 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from equivrepro.train.checkpoint import atomic_write
-from equivrepro.train.loggers import RESULTS_NAME, read_results
+from equivrepro.atomic import atomic_write
+from equivrepro.runs import RunDir
 
 log = logging.getLogger("equivrepro.results")
 
 __all__ = [
-    "RUN_COLUMNS", "GROUP_COLUMNS", "TABLE_COLUMNS", "find_run_dirs", "run_columns", "load_local_run",
+    "RUN_COLUMNS", "GROUP_COLUMNS", "TABLE_COLUMNS", "run_columns", "load_local_run",
     "collect_local", "wandb_history_to_tidy", "collect_wandb", "write_table", "read_table",
-    "summarize_pct", "parse_equiv_metric", "format_count", "format_train_size",
+    "summarize_pct", "format_count", "format_train_size", "main",
 ]
-
-CONFIG_NAME = "config.yaml"
-STATUS_NAME = "status.json"
 
 #: Per-run columns, in table order (after the tidy ``step, metric, value``).
 RUN_COLUMNS = [
@@ -93,17 +90,6 @@ def _short_class(target: str | None) -> str | None:
     return target.rsplit(".", 1)[-1] if target else None
 
 
-def parse_equiv_metric(metric: str) -> tuple[str, str, str, str] | None:
-    """``'equiv/t=0.4/velocity/pct'`` → ``('equiv', 't=0.4', 'velocity', 'pct')``; ``'equiv/mse/pct'`` →
-    ``('equiv', '', 'mse', 'pct')``; anything not of the form ``equiv*/[S/]T/Q`` → None."""
-    parts = metric.split("/")
-    if not parts[0].startswith("equiv") or len(parts) not in (3, 4):
-        return None
-    if len(parts) == 3:
-        return parts[0], "", parts[1], parts[2]
-    return parts[0], parts[1], parts[2], parts[3]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Per-run columns from a resolved config
 # ----------------------------------------------------------------------------------------------------
@@ -128,7 +114,7 @@ def _count_parameters(model_cfg_json: str) -> int | None:
 
 
 def _parameters_from_checkpoint(run_dir: Path) -> int | None:
-    path = run_dir / "checkpoints" / "last.pt"
+    path = RunDir(run_dir).last_checkpoint
     if not path.exists():
         return None
     import torch
@@ -167,7 +153,7 @@ def run_columns(config: Mapping[str, Any], status: Mapping[str, Any] | None = No
     model_name = _short_class(model.get("_target_"))
     optim_name = _short_class(optim.get("_target_"))
     lr = optim.get("lr")
-    train_size = data.get("train_size", data.get("train_subset"))  # the flow-matching data module calls it train_subset
+    train_size = data.get("train_size")
     if run_id is None:
         run_id = status.get("run_id")
     if run_id is None:
@@ -215,28 +201,13 @@ def _tidy(rows: Iterable[tuple[int, str, float]], columns: Mapping[str, Any]) ->
     return df.reindex(columns=TABLE_COLUMNS)
 
 
-def find_run_dirs(runs_dir: str | Path) -> list[Path]:
-    """Directories under ``runs_dir`` (recursively) that hold a results file."""
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise FileNotFoundError(f"runs directory {runs_dir} does not exist")
-    return sorted(p.parent for p in runs_dir.rglob(RESULTS_NAME) if p.is_file())
-
-
 def load_local_run(run_dir: str | Path, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """The tidy rows of one run directory (``metrics``: optional glob patterns, e.g. ``['equiv/*/pct']``)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_NAME
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir / RESULTS_NAME} has no {CONFIG_NAME} next to it: not a run directory")
-    config = yaml.safe_load(cfg_path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{cfg_path}: expected a mapping, got {type(config).__name__}")
-    status_path = run_dir / STATUS_NAME
-    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    run = RunDir(run_dir)
+    config = run.read_config()
     keep = _metric_filter(metrics)
-    rows = [r for r in read_results(run_dir / RESULTS_NAME) if keep(r[1])]
-    return _tidy(rows, run_columns(config, status, run_dir))
+    rows = [r for r in run.read_metrics() if keep(r[1])]
+    return _tidy(rows, run_columns(config, run.read_status(), run.path))
 
 
 def _finish(frames: list[pd.DataFrame], source: str) -> pd.DataFrame:
@@ -257,7 +228,7 @@ def collect_local(runs_dir: str | Path, metrics: Sequence[str] | None = None) ->
     """The results table of every run under ``runs_dir``. Results files without a ``config.yaml`` or that
     are not harness results files are skipped with a warning; the count is in ``df.attrs['skipped']``."""
     frames, skipped = [], []
-    for run_dir in find_run_dirs(runs_dir):
+    for run_dir in (r.path for r in RunDir.find(runs_dir)):
         try:
             frames.append(load_local_run(run_dir, metrics))
         except (FileNotFoundError, ValueError, yaml.YAMLError) as exc:
@@ -378,26 +349,73 @@ def read_table(path: str | Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------
 # Summary numbers: the early dip and the end of training
 # ----------------------------------------------------------------------------------------------------
-def summarize_pct(df: pd.DataFrame, metric_glob: str = "equiv/*pct", threshold: float = 0.02) -> pd.DataFrame:
-    """Per run and pct metric: pct at the first evaluation, the first step at which pct ≤ ``threshold``
-    (``below_step``, NaN if never), the minimum ("dip") and its step, and the final pct — the numbers the
-    paper's "≤ 2 % within 1k–10k steps" claim needs. Values are fractions."""
-    sel = df[df.metric.astype(str).map(lambda m: fnmatch.fnmatchcase(m, metric_glob) and m.endswith("/pct"))]
+def summarize_pct(df: pd.DataFrame, threshold: float = 0.02) -> pd.DataFrame:
+    """One row per run and ``equiv/[S/]T/pct`` series: the headline numbers of :mod:`equivrepro.metrics.headline`
+    (first, minimum and final pct with their steps; ``left_step``, the first evaluation below the reference
+    predictor — the fitted equivariant baseline, else the trivial one, named in ``reference``; ``below_step``, the
+    first step at or after it with pct ≤ ``threshold``; the final L/L_base and L/L_null), plus ``below_step_any``
+    (the first step with pct ≤ ``threshold`` whether or not the model had left its reference). Fractions."""
+    from equivrepro.metrics.headline import headlines
+
     out = []
-    for (run_id, metric), g in sel.groupby(["run_id", "metric"], observed=True):
-        g = g.dropna(subset=["value"]).sort_values("step")
-        if g.empty:
-            continue
-        i = g["value"].idxmin()
+    run_cols = ["task", "model_label", "train_size", "optim_label", "augment", "seed", "primary_term"]
+    for run_id, g in df.groupby("run_id", observed=True):
+        rows = list(zip(g["step"].astype(int), g["metric"].astype(str), g["value"].astype(float)))
         first = g.iloc[0]
-        below = g[g["value"] <= threshold]
-        out.append({
-            "run_id": run_id, "task": first["task"], "model_label": first["model_label"], "train_size": first["train_size"],
-            "optim_label": first["optim_label"], "augment": first["augment"], "seed": first["seed"],
-            "primary_term": first.get("primary_term"), "metric": metric,
-            "first_step": int(first["step"]), "first_pct": float(first["value"]),
-            "below_step": float(below.iloc[0]["step"]) if len(below) else math.nan,
-            "dip_step": int(g.loc[i, "step"]), "dip_pct": float(g.loc[i, "value"]),
-            "final_step": int(g.iloc[-1]["step"]), "final_pct": float(g.iloc[-1]["value"]),
-        })
+        for metric, h in headlines(rows, threshold=threshold).items():
+            pct = sorted((s, v) for s, m, v in rows if m == metric and math.isfinite(v))
+            d = h.as_dict()
+            out.append({
+                "run_id": run_id, **{c: first.get(c) for c in run_cols}, "metric": metric, **d,
+                "below_step_any": next((s for s, v in pct if v <= threshold), math.nan),
+            })
     return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: equivrepro-collect
+# ----------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Collect the tidy results table from local runs or a wandb project (``equivrepro-collect``)::
+
+        equivrepro-collect --runs-dir runs/smoke --out results/smoke
+        equivrepro-collect --runs-dir /shared/runs --metrics 'equiv/*' 'train/loss' --out results/paper
+        equivrepro-collect --wandb my-entity/equivrepro --filter '{"config.task.name": "flowmatching"}' --out results/paper
+
+    Writes ``<out>/results.parquet`` (or ``.csv``) and ``<out>/pct_summary.csv``. Load the table in Python with
+    :func:`read_table`.
+    """
+    import argparse
+
+    from equivrepro.atomic import atomic_write_text
+
+    p = argparse.ArgumentParser(prog="equivrepro-collect", description=main.__doc__.split("\n\n")[0],
+                                epilog=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs-dir", type=Path, help="directory searched recursively for run directories")
+    src.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs and histories with wandb.Api() (needs network and a login)")
+    p.add_argument("--filter", default=None, help="wandb run filter as JSON (MongoDB syntax), e.g. '{\"state\": \"finished\"}'")
+    p.add_argument("--metrics", nargs="*", default=None, help="glob patterns of metrics to keep (default: all)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--format", choices=["auto", "parquet", "csv"], default="auto")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[collect] %(message)s")
+    logging.getLogger("equivrepro").setLevel(logging.INFO)
+    if args.wandb:
+        table = collect_wandb(args.wandb, filters=json.loads(args.filter) if args.filter else None, metrics=args.metrics)
+    else:
+        if args.filter:
+            p.error("--filter applies to --wandb only")
+        table = collect_local(args.runs_dir, metrics=args.metrics)
+    path = write_table(table, args.out, fmt=args.format)
+    atomic_write_text(args.out / "pct_summary.csv", summarize_pct(table).to_csv(index=False))
+    skipped = table.attrs.get("skipped", [])
+    print(f"{path}: {len(table)} rows from {table['run_id'].nunique()} runs"
+          + (f"; {len(skipped)} directories skipped (see warnings)" if skipped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from equivrepro.results import (
-    GROUP_COLUMNS, TABLE_COLUMNS, collect_local, collect_wandb, format_count, format_train_size, parse_equiv_metric,
+    GROUP_COLUMNS, TABLE_COLUMNS, collect_local, collect_wandb, format_count, format_train_size,
     read_table, summarize_pct, wandb_history_to_tidy, write_table,
 )
 from equivrepro.testing.pointcloud import NonEquivariantMLP
@@ -140,23 +140,24 @@ def test_collect_wandb_uses_the_same_columns_as_local_runs():
     assert sorted(zip(df["step"].astype(int), df["value"])) == [(0, 0.4), (20, 0.1)]
 
 
-def test_pct_summary_finds_the_dip_and_the_end():
+def test_pct_summary_finds_the_dip_the_end_and_the_first_low_pct_after_leaving_the_baseline():
     steps = [0, 10, 20, 30, 40]
-    pct = [0.20, 0.05, 0.001, 0.01, 0.03]
-    df = pd.DataFrame({"run_id": "r", "task": "points", "model_label": "m", "train_size": math.nan, "optim_label": "o",
-                       "augment": True, "seed": 0, "step": steps, "metric": "equiv/t=0.4/velocity/pct", "value": pct})
+    pct = [0.20, 0.01, 0.001, 0.01, 0.03]
+    rel = [1.3, 1.05, 0.9, 0.7, 0.6]  # L_total / L_base: the model leaves its baseline at step 20
+    base = {"run_id": "r", "task": "points", "model_label": "m", "train_size": math.nan, "optim_label": "o", "augment": True, "seed": 0}
+    df = pd.concat([pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/pct", "value": pct}),
+                    pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/total_rel_baseline", "value": rel})])
     s = summarize_pct(df).iloc[0]
-    assert (s["first_pct"], s["dip_step"], s["dip_pct"], s["final_step"], s["final_pct"]) == (0.20, 20, 0.001, 40, 0.03)
-    assert s["below_step"] == 20  # first evaluation with pct ≤ 2 % (0.05 at step 10 is not)
-    assert summarize_pct(df, threshold=0.06).iloc[0]["below_step"] == 10
-    assert math.isnan(summarize_pct(df, threshold=1e-4).iloc[0]["below_step"])  # never reached
+    assert (s["first_pct"], s["min_step"], s["min_pct"], s["final_step"], s["final_pct"]) == (0.20, 20, 0.001, 40, 0.03)
+    assert s["reference"] == "total_rel_baseline" and s["left_step"] == 20
+    assert s["below_step"] == 20 and s["below_step_any"] == 10  # 0.01 at step 10 is below 2 % but still above the baseline
+    assert s["total_rel_baseline"] == 0.6
+    assert summarize_pct(df, threshold=0.015).iloc[0]["below_step"] == 20
+    assert summarize_pct(df, threshold=1e-4).iloc[0]["below_step"] is None  # never reached
 
 
-def test_labels_and_metric_names():
+def test_labels():
     assert format_count(950_000) == "950k" and format_count(6_137_225) == "6.14M" and format_count(500) == "500"
     assert format_train_size(0.01) == "1%" and format_train_size(0.001) == "0.1%" and format_train_size(1.0) == "100%"
     assert format_train_size(50000) == "50k" and format_train_size(None) == "all" and format_train_size(float("nan")) == "all"
-    assert parse_equiv_metric("equiv/t=0.4/velocity/pct") == ("equiv", "t=0.4", "velocity", "pct")
-    assert parse_equiv_metric("equiv_cube/denoise/pct") == ("equiv_cube", "", "denoise", "pct")
-    assert parse_equiv_metric("train/loss") is None
     assert "seed" not in GROUP_COLUMNS

@@ -4,13 +4,13 @@
   interrupted mid-way (``trainer.interrupt_after_step``) is resumed by the sweep, not restarted;
 * the SLURM launcher config composes with its preemption settings, and its sbatch script requeues;
 * a job runs through submitit's local executor (``hydra/launcher=submitit_local``);
-* every sweep point of ``scripts/reproduce.py`` composes, pairs its values, builds its optimizer, and
-  every sweep contains its task's default run (so sweeps share it).
+* every sweep point the task cards declare (:mod:`equivrepro.catalog`) composes, pairs its values, builds
+  its optimizer, and every sweep contains its task's default run (so sweeps share it);
+* ``equivrepro.reproduce`` runs what is missing, then only draws.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from equivrepro import catalog, reproduce, sweeps
 from equivrepro.results import collect_local
 from equivrepro.train.app import compose_config
 from equivrepro.train.build import run_identity
@@ -32,17 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
 POINTS = ["task=points", "logger=none", "trainer.progress_bar=false", "trainer.max_steps=10", "equivariance.every=5",
           "trainer.checkpoint_every=5", "trainer.log_every=5"]
-
-
-def _load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-reproduce = _load_reproduce()
 
 
 def _multirun(runs_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -111,7 +101,7 @@ def test_paired_sweep_group_sets_its_values_together_and_shares_the_default_run(
     assert sgd.optim._target_ == "torch.optim.SGD" and sgd.optim.lr == 3e-2 and sgd.trainer.batch_size == 8
     assert run_identity(compose_config(["task=points", "+sweep/points_optim=adamw_3e-3"])) == run_identity(base)
     assert run_identity(sgd) != run_identity(base)
-    jobs = reproduce.expand(["task=points", "+sweep/points_optim=adamw_3e-3,sgd_3e-2", "seed=0,1,2"])
+    jobs = sweeps.expand(["task=points", "+sweep/points_optim=adamw_3e-3,sgd_3e-2", "seed=0,1,2"])
     assert len(jobs) == 6 and ["task=points", "+sweep/points_optim=sgd_3e-2", "seed=2"] in jobs
 
 
@@ -153,13 +143,10 @@ def test_a_job_runs_through_submitits_local_executor(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The paper's sweep manifest
+# The sweeps the task cards declare
 # ---------------------------------------------------------------------------------------------------------
-def _task_config_exists(task: str) -> bool:
-    return (ROOT / "configs" / "task" / f"{task}.yaml").exists()
-
-
-SWEEP_CASES = [(name, scale) for name in reproduce.SWEEPS for scale in reproduce.SCALES]
+SWEEPS = catalog.sweeps()
+SWEEP_CASES = [(name, scale) for name in SWEEPS for scale in catalog.SCALES]
 
 
 def _one_seed(overrides):
@@ -173,21 +160,15 @@ def composed(tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("compose")
     out = {}
     for name, scale in SWEEP_CASES:
-        sweep = reproduce.SWEEPS[name]
-        if not _task_config_exists(sweep.task):
-            out[name, scale] = None
-            continue
-        jobs = reproduce.expand(_one_seed(sweep.overrides(scale)))
-        out[name, scale] = list(zip(jobs, reproduce.compose_all([j + [f"paths.runs_dir={runs_dir}"] for j in jobs])))
+        jobs = sweeps.expand(_one_seed(SWEEPS[name].overrides(scale)))
+        out[name, scale] = list(zip(jobs, sweeps.compose_all([j + [f"paths.runs_dir={runs_dir}"] for j in jobs])))
     return out
 
 
 @pytest.mark.parametrize("name,scale", SWEEP_CASES, ids=[f"{n}-{s}" for n, s in SWEEP_CASES])
 def test_every_sweep_point_composes_and_contains_the_default_run(name, scale, composed):
-    sweep = reproduce.SWEEPS[name]
+    sweep = SWEEPS[name]
     points = composed[name, scale]
-    if points is None:
-        pytest.skip(f"configs/task/{sweep.task}.yaml is not written yet")
     ids = [run_identity(cfg) for _, cfg in points]
     assert len(set(ids)) == len(ids), "two sweep points compose to the same run"
     (default,) = [run_identity(cfg) for _, cfg in composed[f"{sweep.task}-default", scale]]
@@ -201,10 +182,8 @@ def test_every_sweep_point_composes_and_contains_the_default_run(name, scale, co
 
 
 def test_forcefield_sweeps_pair_their_values(composed):
-    if composed["forcefield-data", "paper"] is None:
-        pytest.skip("configs/task/forcefield.yaml is not written yet")
     p = {}
-    for scale in reproduce.SCALES:
+    for scale in catalog.SCALES:
         for name in ("forcefield-data", "forcefield-optim"):
             for job, cfg in composed[name, scale]:
                 p[scale, next(o.split("=")[1] for o in job if o.startswith("+sweep/"))] = cfg
@@ -218,15 +197,38 @@ def test_forcefield_sweeps_pair_their_values(composed):
         assert p["paper", point].schedule.name == "cosine_warmup"  # only the optimizer and its LR change
 
 
-def test_reproduce_script_runs_what_is_missing_then_only_draws(tmp_path, monkeypatch, caplog):
-    points = ("task=points", "+sweep/points_optim=adamw_3e-3,sgd_3e-2", "trainer.max_steps=6", "equivariance.every=3",
-              "trainer.checkpoint_every=3", "seed=0")
-    monkeypatch.setitem(reproduce.SWEEPS, "points-optim", reproduce.Sweep("points", points, points, "self-check"))
-    monkeypatch.setitem(reproduce.FIGURES, "points-vary-optim", reproduce.Figure(("points-optim",), "vary_optimizer", "self-check"))
+POINTS_CARD = """
+task: points
+title: Synthetic point clouds (self-check)
+in_reproduce: true
+experiments: {smoke: none, paper: none}
+sweeps:
+  default: {about: self-check, smoke: "task=points trainer.max_steps=6 equivariance.every=3 trainer.checkpoint_every=3 seed=0",
+            paper: "task=points trainer.max_steps=6 equivariance.every=3 trainer.checkpoint_every=3 seed=0"}
+  optim:
+    about: self-check
+    smoke: "task=points +sweep/points_optim=adamw_3e-3,sgd_3e-2 trainer.max_steps=6 equivariance.every=3 trainer.checkpoint_every=3 seed=0"
+    paper: "task=points +sweep/points_optim=adamw_3e-3,sgd_3e-2 trainer.max_steps=6 equivariance.every=3 trainer.checkpoint_every=3 seed=0"
+figures:
+  vary-optim: {sweeps: [optim], draw: vary_optimizer, about: self-check}
+"""
+
+
+@pytest.fixture
+def points_card(tmp_path, monkeypatch):
+    """A catalog holding only a card of the self-check task."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "points.yaml").write_text(POINTS_CARD)
+    monkeypatch.setattr(catalog, "CARDS_DIR", cards)
+    return cards
+
+
+def test_reproduce_runs_what_is_missing_then_only_draws(tmp_path, points_card, monkeypatch, caplog):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     dirs = {"--runs-dir": tmp_path / "runs", "--results-dir": tmp_path / "results", "--figures-dir": tmp_path / "figures"}
     args = ["--figures", "points-vary-optim", "--jobs", "2"] + [str(x) for kv in dirs.items() for x in kv]
-    caplog.set_level("INFO", logger="reproduce")
+    caplog.set_level("INFO", logger="equivrepro")
     assert reproduce.main(["--scale", "smoke", *args]) == 0
     assert "2 distinct runs, 2 to run or resume" in caplog.text
     assert (tmp_path / "figures" / "points-vary-optim.png").stat().st_size > 0
@@ -242,12 +244,34 @@ def test_reproduce_script_runs_what_is_missing_then_only_draws(tmp_path, monkeyp
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
 
 
-def test_manifest_figures_and_make_targets_agree():
+def test_the_catalog_discovers_a_task_from_its_card_alone(points_card):
+    """Everything a task adds to the figure and sweep lists comes from its card: standard figures on its default
+    sweep, its declared figures, the headline over in-reproduce tasks, and `make` asks Python for the names."""
+    figs = catalog.figures()
+    assert set(figs) == {"headline", "points-pct", "points-losses", "points-vary-optim"}
+    assert figs["headline"].sweeps == ("points-default",)
+    assert catalog.reproduce_figures() == ["headline", "points-pct", "points-losses"]
+    assert catalog.reproduce_figures("points") == ["points-pct", "points-losses"]
+    assert set(catalog.sweeps()) == {"points-default", "points-optim"}
+    out = subprocess.run([sys.executable, "-m", "equivrepro.reproduce", "--list"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert out.returncode == 0 and "make reproduce-figure-forcefield-pct" in out.stdout  # a subprocess sees the real cards
+
+
+def test_a_malformed_card_names_its_file_and_key(tmp_path, monkeypatch):
+    cards = tmp_path / "bad"
+    cards.mkdir()
+    (cards / "points.yaml").write_text(POINTS_CARD.replace("draw: vary_optimizer", "draw: vary_optimizer, colour: red"))
+    with pytest.raises(catalog.CatalogError, match=r"points\.yaml: figures\.vary-optim: unknown keys \['colour'\]"):
+        catalog.cards(cards)
+    (cards / "points.yaml").write_text(POINTS_CARD.replace("sweeps: [optim]", "sweeps: [optimizer]"))
+    with pytest.raises(catalog.CatalogError, match="figures.vary-optim.sweeps must list sweeps of this card"):
+        catalog.cards(cards)
+
+
+def test_every_declared_figure_has_a_drawing_function_and_known_sweeps():
     from equivrepro.plots import figures
 
-    for name, fig in reproduce.FIGURES.items():
+    for name, fig in catalog.figures().items():
         assert callable(getattr(figures, fig.draw)), name
-        assert all(s in reproduce.SWEEPS for s in fig.sweeps), name
-    mk = (ROOT / "make" / "figures.mk").read_text()
-    names = re.search(r"FIGURE_NAMES := (.*?)\n\n", mk, re.S).group(1).replace("\\", " ").split()
-    assert names == list(reproduce.FIGURES)
+        assert all(s in SWEEPS for s in fig.sweeps), name
+    assert set(catalog.figures()) >= {"headline", "forcefield-pct", "flowmatching-final-pct-default", "voxels-vary-data"}

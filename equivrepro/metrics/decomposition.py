@@ -33,7 +33,8 @@ from equivrepro.task import Batch, LossTerm, Prediction, Task, batch_size, repea
 
 Predictor = Callable[[Batch], Prediction]
 
-__all__ = ["TermDecomposition", "untwisted_predictions", "decompose_term", "twirl_decomposition", "as_predictor", "per_sample_rotations"]
+__all__ = ["TermDecomposition", "untwisted_predictions", "decompose_term", "twirl_decomposition", "as_predictor", "per_sample_rotations",
+           "ratio_bootstrap_interval"]
 
 
 def as_predictor(model_or_predict: nn.Module | Predictor, task: Task) -> Predictor:
@@ -131,8 +132,14 @@ class TermDecomposition:
         """Headline ratio Σ equiv_unbiased / Σ total (a 0-dim tensor, differentiable)."""
         return self.equiv_unbiased.sum() / self.total.sum()
 
-    def summary(self) -> dict[str, float]:
-        """Batch-averaged values with standard errors over samples and per-sample pct quantiles."""
+    def summary(self, bootstrap: int = 0, generator: torch.Generator | None = None, level: float = 0.95) -> dict[str, float]:
+        """Batch-averaged values with standard errors over samples, per-sample pct quantiles and, with
+        ``bootstrap`` resamples, a percentile bootstrap interval ``pct_ci_lo``/``pct_ci_hi`` of the ratio.
+
+        Also ``n`` (samples) and ``equiv_max_share`` (the largest single sample's share of Σ L_equiv): the
+        delta-method SE and the bootstrap interval of a ratio estimator are not to be trusted when n is small
+        (≲ 20) or one sample carries a large share (≳ 0.25) — heavy tails make the interval too narrow.
+        """
         n = self.total.numel()
         t = self.total.detach().double()
         e = self.equiv_unbiased.detach().double()
@@ -161,9 +168,26 @@ class TermDecomposition:
             "pct_q50": float(per_sample.quantile(0.5)),
             "pct_q90": float(per_sample.quantile(0.9)),
             "pct_max": float(per_sample.max()),
+            "n": float(n),
+            "equiv_max_share": float(e.clamp_min(0).max() / e.clamp_min(0).sum()) if float(e.clamp_min(0).sum()) > 0 else float("nan"),
         }
+        if bootstrap and n > 1:
+            lo, hi = ratio_bootstrap_interval(e, t, bootstrap, generator, level)
+            out["pct_ci_lo"], out["pct_ci_hi"] = lo, hi
         out.update(self.extras)
         return out
+
+
+def ratio_bootstrap_interval(num: torch.Tensor, den: torch.Tensor, resamples: int = 1000, generator: torch.Generator | None = None,
+                             level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of Σ num / Σ den over samples (resampling samples with replacement)."""
+    num, den = num.detach().double().cpu(), den.detach().double().cpu()
+    n = num.numel()
+    idx = torch.randint(0, n, (int(resamples), n), generator=generator)
+    ratios = num[idx].sum(1) / den[idx].sum(1)
+    a = (1.0 - float(level)) / 2
+    q = torch.quantile(ratios[torch.isfinite(ratios)], torch.tensor([a, 1.0 - a], dtype=torch.float64))
+    return float(q[0]), float(q[1])
 
 
 def decompose_term(

@@ -24,18 +24,18 @@ Figures (paper §5): :func:`pct_curves` (pct vs step for one task), :func:`loss_
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from equivrepro.plots.style import (
-    LOSS_LABEL, PCT_LABEL, TASK_ORDER, add_reference_line, new_figure, plain_log_ticks, save_figure, series_colors, set_step_axis,
-    task_title,
+    LOSS_LABEL, PCT_LABEL, add_reference_line, new_figure, plain_log_ticks, save_figure, series_colors, set_step_axis,
+    task_order, task_title,
 )
-from equivrepro.results import GROUP_COLUMNS, format_train_size, parse_equiv_metric
+from equivrepro.metrics import keys
+from equivrepro.results import GROUP_COLUMNS, format_train_size
 from equivrepro.train.checkpoint import atomic_write_text
 
 __all__ = [
@@ -49,6 +49,7 @@ _QUANTITY_LABELS = {
     "mean": r"$L_\mathrm{mean}$: loss of the twirled (rotation-averaged) prediction",
     "equiv": r"$L_\mathrm{equiv}$: equivariance error ($L_\mathrm{total}-L_\mathrm{mean}$)",
     "null_total": "loss of the task's trivial predictor (zero field / empty grid), for scale",
+    "baseline_total": "loss of the task's cheap equivariant baseline (fitted on training data)",
 }
 
 
@@ -93,27 +94,23 @@ def resolve_term(table: pd.DataFrame, term: str | None = None) -> str:
     terms = table["primary_term"].dropna().unique()
     if len(terms) == 1:
         return str(terms[0])
-    found = sorted({p[2] for m in table["metric"].unique() if (p := parse_equiv_metric(str(m))) and p[0] == "equiv" and p[3] == "pct"})
+    found = sorted({k.term for m in table["metric"].unique() if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.quantity == "pct"})
     if len(found) == 1:
         return found[0]
     raise ValueError(f"cannot tell which loss term to plot (primary_term {list(terms)}, terms with a pct {found}); pass term=")
 
 
-def _suffix_key(suffix: str):
-    m = re.search(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?", suffix)
-    return (0, float(m.group()), suffix) if m else (1, 0.0, suffix)
-
-
 def eval_suffixes(table: pd.DataFrame, term: str) -> list[str]:
     """Evaluation suffixes present for ``term`` (``['']`` for one evaluation batch; flow times in numeric order)."""
-    found = {p[1] for m in table["metric"].unique() if (p := parse_equiv_metric(str(m))) and p[0] == "equiv" and p[2] == term and p[3] == "pct"}
+    found = {k.suffix for m in table["metric"].unique()
+             if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.term == term and k.quantity == "pct"}
     if not found:
         raise ValueError(f"no 'equiv/…/{term}/pct' metric in the table (metrics: {sorted(map(str, table['metric'].unique()))[:20]} …)")
-    return sorted(found, key=_suffix_key)
+    return sorted(found, key=keys.suffix_sort_key)
 
 
-def _metric(term: str, quantity: str, suffix: str = "", family: str = "equiv") -> str:
-    return "/".join(p for p in (family, suffix, term, quantity) if p)
+def _metric(term: str, quantity: str, suffix: str = "", family: str = keys.EQUIV) -> str:
+    return keys.key(family, term, quantity, suffix)
 
 
 def _suffix_label(suffix: str) -> str:
@@ -251,17 +248,17 @@ def loss_decomposition(table: pd.DataFrame, stem: str | Path, *, term: str | Non
         wanted = suffixes if suffix is None else [suffix]
         panels = [(_suffix_label(s) if s else "", table, s) for s in wanted]
     fig, axes = new_figure(len(panels), ncols=min(len(panels), 4), panel_size=(4.4, 3.4))
-    quantities = ["total", "mean", "equiv"]
-    if (table["metric"] == _metric(term, "null_total", panels[0][2])).any():
-        quantities.append("null_total")
-    colors = dict(zip(quantities, ["0.15", "tab:blue", "tab:red", "0.6"]))
+    quantities = ["total", "mean", "equiv"] + [q for q in ("null_total", "baseline_total")
+                                               if (table["metric"] == _metric(term, q, panels[0][2])).any()]
+    palette = {"total": "0.15", "mean": "tab:blue", "equiv": "tab:red", "null_total": "0.6", "baseline_total": "tab:green"}
+    colors = {q: palette[q] for q in quantities}
     ncols = min(len(panels), 4)
     parts = []
     for i, (ax, (panel, sub, s)) in enumerate(zip(axes, panels)):
         data = pd.concat([_curves(sub, _metric(term, q, s), lambda g, q=q: q, smoothing, 1.0) for q in quantities], ignore_index=True)
         _draw(ax, data, quantities, _QUANTITY_LABELS, [colors[q] for q in quantities], logy)
         for line in ax.get_lines():
-            if line.get_label() == _QUANTITY_LABELS["null_total"]:
+            if line.get_label() in (_QUANTITY_LABELS["null_total"], _QUANTITY_LABELS["baseline_total"]):
                 line.set_linestyle(":")
         set_step_axis(ax, data["step"].tolist(), logx)
         if logy:
@@ -323,8 +320,9 @@ def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = N
         fig.suptitle(title)
         return _finish(fig, axes, pd.concat(parts, ignore_index=True), stem, _smoothing_note(smoothing))
     s = suffixes[0]
-    rel = _final_rel_null(table, _metric(term, "total_rel_null", s), by, keys)
-    labels = {k: labels[k] + (f" (final L/L₀ {rel[k]:.2f})" if k in rel else "") for k in keys}
+    rel = _final_value(table, _metric(term, "total_rel_null", s), by, keys)
+    rel_base = _final_value(table, _metric(term, "total_rel_baseline", s), by, keys)
+    labels = {k: labels[k] + _rel_label(rel_base.get(k), rel.get(k)) for k in keys}
     fig, (ax,) = new_figure(1, panel_size=(6.0, 4.0))
     data = _in_order(_curves(table, _metric(term, "pct", s), lambda g: _key_of(g[by].iloc[0]), smoothing, 100.0), keys)
     _draw(ax, data, keys, labels, series_colors(len(keys)), logy)
@@ -337,17 +335,23 @@ def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = N
     ax.set_title(title + (f" ({_suffix_label(s)})" if s else ""))
     data.insert(0, "panel", task)
     note = _smoothing_note(smoothing)
-    if rel:
-        note = (note + "  " if note else "") + REL_NULL_NOTE
+    if rel or rel_base:
+        note = (note + "  " if note else "") + REL_NOTE
     return _finish(fig, [ax], data, stem, note)
 
 
-REL_NULL_NOTE = ("L/L₀: held-out L_total at the last evaluation over the loss of the task's trivial predictor; "
-                 "near 1 the run has not learned, and its pct is small only because its output is.")
+REL_NOTE = ("L/L_base, L/L₀: held-out L_total at the last evaluation over the loss of the task's cheap equivariant baseline "
+            "(fitted on training data) and of its trivial predictor; at or above 1 the run is no better than an equivariant "
+            "predictor that costs nothing, and its small pct says nothing about learned equivariance.")
 
 
-def _final_rel_null(table: pd.DataFrame, metric: str, by: str, keys: Sequence) -> dict:
-    """Mean over the runs of each ``by`` value of their last logged ``metric`` (``…/total_rel_null``)."""
+def _rel_label(base: float | None, null: float | None) -> str:
+    parts = ([f"L/L_base {base:.2f}"] if base is not None else []) + ([f"L/L₀ {null:.2f}"] if null is not None else [])
+    return f" (final {', '.join(parts)})" if parts else ""
+
+
+def _final_value(table: pd.DataFrame, metric: str, by: str, keys: Sequence) -> dict:
+    """Mean over the runs of each ``by`` value of their last logged ``metric`` (e.g. ``…/total_rel_null``)."""
     rows = table[table["metric"] == metric]
     out = {}
     for k in keys:
@@ -446,11 +450,13 @@ def final_pct_bars(table: pd.DataFrame, stem: str | Path, *, term: str | None = 
     return _finish(fig, [ax], data, stem, note)
 
 
-def headline(table: pd.DataFrame, stem: str | Path, *, smoothing: float | None = None, logx: bool = True, logy: bool = True,
-             tasks: Sequence[str] | None = None) -> pd.DataFrame:
-    """The headline figure: pct vs training step, one panel per task (each task's default runs, seeds averaged)."""
+def headline(table: pd.DataFrame, stem: str | Path, *, smoothing: float | Mapping[str, float | None] | None = None, logx: bool = True,
+             logy: bool = True, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """The headline figure: pct vs training step, one panel per task (each task's default runs, seeds averaged).
+
+    ``smoothing``: one EMA span fraction for every panel, or one per task (``{task: span or None}``)."""
     present = [str(t) for t in table["task"].dropna().unique()]
-    tasks = list(tasks) if tasks else sorted(present, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER), t))
+    tasks = list(tasks) if tasks else sorted(present, key=task_order)
     missing = [t for t in tasks if t not in present]
     if missing:
         raise ValueError(f"headline: no runs of task(s) {missing} in the table (tasks present: {present})")
@@ -460,9 +466,14 @@ def headline(table: pd.DataFrame, stem: str | Path, *, smoothing: float | None =
         sub = table[table["task"] == task]
         _check_replicates(sub, None, f"headline ({task})")
         term = resolve_term(sub)
-        parts.append(_pct_panel(ax, sub, term, eval_suffixes(sub, term), smoothing, logx, logy, panel=task))
+        smooth = smoothing.get(task) if isinstance(smoothing, Mapping) else smoothing
+        parts.append(_pct_panel(ax, sub, term, eval_suffixes(sub, term), smooth, logx, logy, panel=task))
         ax.set_title(task_title(task))
     for ax in axes[1:]:
         ax.set_ylabel("")
     fig.suptitle("Share of held-out loss from equivariance error during training (non-equivariant models)")
-    return _finish(fig, axes, pd.concat(parts, ignore_index=True), stem, _smoothing_note(smoothing))
+    if isinstance(smoothing, Mapping):
+        note = "; ".join(f"{task_title(t)}: {_smoothing_note(v)}" for t, v in smoothing.items() if v and t in tasks) or None
+    else:
+        note = _smoothing_note(smoothing)
+    return _finish(fig, axes, pd.concat(parts, ignore_index=True), stem, note)

@@ -14,22 +14,14 @@ import numpy as np  # noqa: E402
 from equivrepro.train.checkpoint import atomic_write  # noqa: E402
 
 __all__ = [
-    "PCT_LABEL", "STEP_LABEL", "LOSS_LABEL", "TASK_TITLES", "TASK_ORDER", "REFERENCE_PCT", "new_figure", "save_figure",
-    "series_colors", "set_step_axis", "add_reference_line", "plain_log_ticks", "task_title",
+    "PCT_LABEL", "STEP_LABEL", "LOSS_LABEL", "REFERENCE_PCT", "new_figure", "save_figure",
+    "series_colors", "set_step_axis", "add_reference_line", "plain_log_ticks", "task_title", "task_order",
 ]
 
 PCT_LABEL = "Percent of held-out loss from equivariance error (%)"
 STEP_LABEL = "Training step"
 LOSS_LABEL = "Held-out loss (task units)"
 REFERENCE_PCT = 2.0  # the paper's "≤ 2 %" threshold, drawn dashed on every pct plot
-TASK_TITLES = {
-    "forcefield": "Force field (EScAIP-style, forces)",
-    "flowmatching": "Flow matching (Proteina-style, velocity)",
-    "voxels": "Voxel denoising (VoxMol-style)",
-    "points": "Synthetic point clouds (self-check)",
-}
-TASK_ORDER = ["forcefield", "flowmatching", "voxels", "points"]
-
 plt.rcParams.update({
     "figure.dpi": 100, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
     "legend.fontsize": 8, "legend.title_fontsize": 8, "axes.grid": True, "grid.alpha": 0.25, "lines.linewidth": 1.4,
@@ -38,7 +30,19 @@ plt.rcParams.update({
 
 
 def task_title(task: str) -> str:
-    return TASK_TITLES.get(task, task)
+    """The title a task declares in its card (:mod:`equivrepro.catalog`), else its name."""
+    from equivrepro import catalog
+
+    c = catalog.cards().get(task)
+    return c.title if c is not None else task
+
+
+def task_order(task: str) -> tuple:
+    """Sort key of tasks: the order of their cards, unknown tasks last."""
+    from equivrepro import catalog
+
+    names = list(catalog.cards())
+    return (names.index(task) if task in names else len(names), task)
 
 
 def new_figure(n_panels: int = 1, ncols: int | None = None, panel_size: tuple[float, float] = (4.6, 3.4), sharey: bool = False):

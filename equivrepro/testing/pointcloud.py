@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from equivrepro.data import DataModule
 from equivrepro.rotations import rotate_points
 from equivrepro.task import Batch, LossTerm, Prediction, Task
 
@@ -52,6 +53,12 @@ class PointCloudTask(Task):
 
     def null_prediction(self, batch: Batch) -> Prediction:
         return {"vec": torch.zeros_like(batch["target"])}
+
+    def make_baseline(self):
+        """``v̂ = c·x`` (one parameter, exactly equivariant; the target is ``2·x``, so it fits the data exactly)."""
+        from equivrepro.metrics.baselines import LinearBaseline
+
+        return LinearBaseline("c_x", lambda batch: {"vec": batch["pos"][..., None]}, task=self)
 
 
 class LinearPointModel(nn.Module):
@@ -98,7 +105,7 @@ def make_pointcloud_batch(b: int, n: int, generator: torch.Generator, dtype=torc
     return {"pos": pos, "target": target_scale * pos}
 
 
-class PointCloudDataModule:
+class PointCloudDataModule(DataModule):
     """Synthetic isotropic point clouds with target ``target_scale · x`` (self-check data, not a paper task).
 
     ``n_train`` / ``n_heldout`` clouds of ``n_points`` points, generated from ``seed``.

@@ -11,11 +11,20 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from equivrepro.train.loop import train
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def register_resolvers() -> None:
+    """Config resolvers the configs use: ``${len:${data.elements}}`` (data-dependent sizes, e.g. voxel channels)."""
+    if not OmegaConf.has_resolver("len"):
+        OmegaConf.register_new_resolver("len", lambda seq: len(seq))
+
+
+register_resolvers()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
@@ -32,6 +41,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
+    register_resolvers()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides or []), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

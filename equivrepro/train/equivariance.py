@@ -1,43 +1,78 @@
-"""The equivariance callback: the twirl decomposition on a fixed held-out subset every N steps.
+"""The equivariance callback: the twirl decomposition on a fixed held-out subset at chosen training steps.
 
-Uses :mod:`equivrepro.metrics` only. At construction it freezes everything random: which held-out
-samples, the task's evaluation batches (noise, flow times, …) and K Haar rotations per sample, so the
-curves over training differ only because the model changed. Logged keys (``S`` is the task's
-evaluation-batch suffix, e.g. ``t=0.4`` for flow matching, empty otherwise; ``T`` a loss term):
+Built on :class:`equivrepro.metrics.metric.EquivarianceMetric` (the same object a user's own loop uses) and
+:func:`equivrepro.analysis.heldout.freeze_heldout` (the same held-out set the analyses rebuild). At
+construction it freezes everything random — which held-out samples, the task's evaluation batches (noise,
+flow times, …) and K Haar rotations per sample — so the curves over training differ only because the model
+changed, and it fits the task's cheap equivariant baseline on training samples. Logged keys
+(:mod:`equivrepro.metrics.keys`; ``S`` the evaluation suffix, ``T`` a loss term):
 
-* ``equiv/[S/]T/{total,mean,equiv,pct}`` — unbiased estimates (U-statistics or jackknife) and
-  ``…/{mean_plugin,equiv_plugin,pct_plugin}``, ``…/{total_se,equiv_se,pct_se}``,
-  ``…/{pct_q50,pct_q90,pct_max}`` (per-sample pct quantiles);
-* ``equiv/[S/]T/null_total`` and ``…/total_rel_null`` — the loss of the task's trivial predictor and
-  L_total relative to it (a low pct only means something if this is well below 1);
-* with ``floor``: ``equiv_floor/[S/]T/…`` (the oracle ``task.targets`` through the same
-  rotate/unrotate path: the numerical floor, 0 up to round-off except for resampled grids) and
-  ``equiv/[S/]T/pct_net`` = (L_equiv − floor L_equiv) / L_total;
-* with ``cube_group``: ``equiv_cube/[S/]T/…`` (all 24 cube rotations, exact group average);
-* with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio}`` for the
-  primary term on the first evaluation chunk;
-* with ``linear_head`` (a module name such as ``force_head.out``): ``head/{deviation,relative_deviation,
-  weight_deviation,bias_deviation,weight_norm,relative_weight_deviation,row_variance}`` — the size of
-  the head's deviation from its equivariant subspace (:func:`equivrepro.analysis.linear_head.deviation_norm`).
+* ``equiv/[S/]T/{total,mean,equiv,pct,…}`` — unbiased estimates, plug-ins, standard errors, per-sample
+  quantiles and the bootstrap interval ``pct_ci_lo/hi`` of pct;
+* ``equiv/[S/]T/{null_total,total_rel_null}`` — the trivial predictor's loss and L_total relative to it;
+* ``equiv/[S/]T/{baseline_total,total_rel_baseline}`` — the fitted cheap equivariant baseline's loss and
+  L_total relative to it (a low pct means something only if the model is well below its baseline);
+* with ``floor``: ``equiv_floor/[S/]T/{total,equiv,pct}`` — the baseline (an equivariant, input-dependent
+  predictor) through the same rotate/unrotate path: what the instrument alone contributes (round-off for
+  exact group actions, > 0 for resampled grids), and ``equiv/[S/]T/pct_net`` = (L_equiv − floor) / L_total;
+* with ``cube_group``: ``equiv_cube/[S/]T/…`` — the exact 24-rotation cube-group twirl;
+* with ``spectrum_l_max``: ``spectrum/[S/]T/l=<l>`` (and the remainder, Lie sum, shares) from the same K copies;
+* with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio}`` on the *same*
+  weights and samples as pct (the evaluated model: the EMA weights when EMA is on);
+* with ``linear_head``: ``head/{deviation,relative_deviation,…}`` of the evaluated model's head.
+
+Evaluation steps (:func:`evaluation_steps`): step 0, the last step, and either every ``every`` steps or
+``log_points`` log-spaced steps (dense early, where the paper's dip is; the figures use log-step axes).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
+from equivrepro.analysis.heldout import freeze_heldout
 from equivrepro.analysis.linear_head import deviation_norm, get_linear_head
-from equivrepro.metrics import TermDecomposition, gradient_norms, twirl_decomposition
-from equivrepro.rotations import haar_rotations, octahedral_group
-from equivrepro.task import Batch, Task, to_device
+from equivrepro.metrics import keys
+from equivrepro.metrics.decomposition import TermDecomposition, decompose_term, untwisted_predictions
+from equivrepro.metrics.metric import EquivarianceMetric
+from equivrepro.rotations import octahedral_group
+from equivrepro.task import Batch, Task
 
-__all__ = ["EquivarianceCallback"]
+__all__ = ["EquivarianceCallback", "evaluation_steps"]
 
 
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
+def evaluation_steps(max_steps: int, every: int = 0, log_points: int = 0) -> set[int]:
+    """Steps at which to evaluate: 0, ``max_steps``, multiples of ``every`` and ``log_points`` log-spaced steps in
+    [1, max_steps] (rounded, de-duplicated). Both 0 → only the first and the last step."""
+    steps = {0, int(max_steps)}
+    if every:
+        steps |= set(range(int(every), int(max_steps) + 1, int(every)))
+    if log_points:
+        steps |= {int(round(s)) for s in np.geomspace(1, max(int(max_steps), 1), int(log_points))}
+    return {s for s in steps if 0 <= s <= int(max_steps)}
+
+
+@contextmanager
+def _trainable(model: nn.Module) -> Iterator[list[nn.Parameter]]:
+    """Every floating parameter of ``model`` requires grad within the block (EMA copies do not), restored after."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for p, r in zip(params, before):
+            p.requires_grad_(r)
+
+
+def _norm(grads: list[torch.Tensor | None]) -> float:
+    sq = [g.double().pow(2).sum() for g in grads if g is not None]
+    return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
 class EquivarianceCallback:
@@ -54,104 +89,152 @@ class EquivarianceCallback:
         chunk_size: int | None = None,
         seed: int = 1234,
         grad_norms: bool = False,
+        grad_suffixes: list[str] | None = None,
         cube_group: bool = False,
         floor: bool = False,
         linear_head: str | None = None,
+        spectrum_l_max: int | None = None,
+        bootstrap: int = 1000,
+        train_dataset=None,
+        baseline_samples: int = 64,
         dtype: torch.dtype = torch.float32,
     ):
         self.task, self.device = task, device
-        self.k, self.chunk_size = int(k), chunk_size
-        self.want_grad, self.want_cube, self.want_floor = grad_norms, cube_group, floor
-        self.linear_head = linear_head
-        self._model_free: dict[str, tuple[dict[str, float], dict[str, TermDecomposition]]] = {}
-        g = torch.Generator().manual_seed(int(seed))
-        n = min(int(num_samples), len(heldout_dataset))
-        if n < 1:
-            raise ValueError("the held-out set is empty: nothing to evaluate equivariance on")
-        chosen = torch.randperm(len(heldout_dataset), generator=g)[:n].sort().values.tolist()
-        # frozen evaluation chunks: {suffix: [batch, ...]} and per-sample rotations per chunk
-        self.chunks: dict[str, list[Batch]] = {}
-        self.rotations: list[torch.Tensor] = []
-        for start in range(0, n, int(batch_size)):
-            raw = collate([heldout_dataset[i] for i in chosen[start : start + int(batch_size)]])
-            b = raw["mask"].shape[0] if "mask" in raw else next(iter(raw.values())).shape[0]
-            self.rotations.append(haar_rotations(b * self.k, generator=g, dtype=dtype).reshape(b, self.k, 3, 3).to(device))
-            for suffix, eb in task.evaluation_batches(raw, g).items():
-                self.chunks.setdefault(suffix, []).append(to_device(eb, device))
+        self.k, self.chunk_size, self.bootstrap, self.seed = int(k), chunk_size, int(bootstrap), int(seed)
+        self.want_grad, self.want_cube, self.want_floor = bool(grad_norms), bool(cube_group), bool(floor)
+        self.grad_suffixes = None if grad_suffixes is None else [str(s) for s in grad_suffixes]
+        self.linear_head, self.spectrum_l_max = linear_head, spectrum_l_max
+        self.heldout = freeze_heldout(task, heldout_dataset, collate, num_samples, k, batch_size, seed, device=device, dtype=dtype)
+        self.num_samples = self.heldout.num_samples
         self.cube = octahedral_group(dtype=dtype, device=device) if cube_group else None
-        self.num_samples = n
+        self.baselines = self._fit_baselines(train_dataset, collate, int(baseline_samples), dtype) if train_dataset is not None else {}
+        if self.want_floor and not self.baselines:
+            raise ValueError("equivariance.floor=true needs the task's equivariant baseline (task.make_baseline()) and training "
+                             f"data to fit it; {type(task).__name__} has none: set equivariance.floor=false")
+        self._model_free: dict[str, dict[str, float]] = {}
 
-    def _decompose(self, predictor, batches: list[Batch], rotations, exact_group: bool = False) -> dict[str, TermDecomposition]:
-        parts: dict[str, list[TermDecomposition]] = {}
-        for i, batch in enumerate(batches):
-            rot = rotations[i] if isinstance(rotations, list) else rotations
-            for name, dec in twirl_decomposition(predictor, self.task, batch, rot, chunk_size=self.chunk_size, exact_group=exact_group).items():
-                parts.setdefault(name, []).append(dec)
-        return {name: TermDecomposition.concat(p) for name, p in parts.items()}
-
-    def _null(self, batches: list[Batch]) -> dict[str, float]:
-        sums: dict[str, list[torch.Tensor]] = {}
-        for batch in batches:
-            null = self.task.null_prediction(batch)
-            if null is None:
-                return {}
-            target = self.task.targets(batch)
+    # --- set-up: baselines fitted on training data only ----------------------------------------------
+    def _fit_baselines(self, train_dataset, collate, n: int, dtype) -> dict[tuple[str, str], Any]:
+        """One fitted baseline per (suffix, quadratic term), on ``n`` training samples with the task's evaluation
+        randomness frozen the same way as the held-out set (another seed)."""
+        if self.task.make_baseline() is None or n < 1 or len(train_dataset) == 0:
+            return {}
+        train = freeze_heldout(self.task, train_dataset, collate, n, 2, max(1, min(n, 16)), self.seed + 1, device=self.device, dtype=dtype)
+        fitted = {}
+        for suffix, batches in train.chunks.items():
             for term in self.task.terms:
-                sums.setdefault(term.name, []).append(term.fn(null, target, batch))
-        return {name: float(torch.cat(v).double().mean()) for name, v in sums.items()}
+                if term.quadratic:
+                    fitted[(suffix, term.name)] = self.task.make_baseline().fit(self.task, batches, term)
+        return fitted
 
-    def _model_free_part(self, suffix: str, batches: list[Batch]) -> tuple[dict[str, float], dict[str, TermDecomposition]]:
-        """The trivial predictor's losses and the oracle's decomposition (the floor) of one suffix. Both
-        depend only on the frozen batches and rotations, so they are computed at the first evaluation only."""
-        if suffix not in self._model_free:
-            floor = self._decompose(self.task.targets, batches, self.rotations) if self.want_floor else {}
-            self._model_free[suffix] = (self._null(batches), floor)
-        return self._model_free[suffix]
+    def _baseline_for(self, suffix: str, term_name: str):
+        return self.baselines.get((suffix, term_name)) or self.baselines.get((suffix, self.task.primary_term.name))
 
-    @torch.no_grad()
-    def _no_grad_part(self, model: nn.Module) -> dict[str, float]:
+    def _model_free_part(self, suffix: str, batches: list[Batch], rotations: list[torch.Tensor]) -> dict[str, float]:
+        """The trivial predictor's and the baseline's losses and the baseline's decomposition through the path
+        (the floor). They depend only on the frozen batches, so they are computed at the first evaluation only."""
+        if suffix in self._model_free:
+            return self._model_free[suffix]
         out: dict[str, float] = {}
-        for suffix, batches in self.chunks.items():
-            decs = self._decompose(model, batches, self.rotations)
-            null, floor = self._model_free_part(suffix, batches)
-            for name, dec in decs.items():
-                s = dec.summary()
-                for key, v in s.items():
-                    out[_join("equiv", suffix, name, key)] = v
-                if name in null:
-                    out[_join("equiv", suffix, name, "null_total")] = null[name]
-                    out[_join("equiv", suffix, name, "total_rel_null")] = s["total"] / null[name] if null[name] > 0 else float("nan")
-                if name in floor:
-                    fs = floor[name].summary()
-                    for key in ("equiv", "pct", "equiv_plugin"):
-                        out[_join("equiv_floor", suffix, name, key)] = fs[key]
-                    out[_join("equiv", suffix, name, "pct_net")] = (s["equiv"] - fs["equiv"]) / s["total"] if s["total"] > 0 else float("nan")
-            if self.cube is not None:
-                for name, dec in self._decompose(model, batches, self.cube, exact_group=True).items():
-                    for key, v in dec.summary().items():
-                        if key in ("total", "mean", "equiv", "pct", "pct_q50", "pct_q90", "pct_max"):
-                            out[_join("equiv_cube", suffix, name, key)] = v
+        with torch.no_grad():
+            for term in self.task.terms:
+                null, base = [], []
+                for batch in batches:
+                    target = self.task.targets(batch)
+                    p = self.task.null_prediction(batch)
+                    if p is not None:
+                        null.append(term.fn(p, target, batch))
+                    b = self._baseline_for(suffix, term.name)
+                    if b is not None:
+                        base.append(term.fn(b(batch), target, batch))
+                if null:
+                    out[keys.key(keys.EQUIV, term.name, "null_total", suffix)] = float(torch.cat(null).double().mean())
+                if base:
+                    out[keys.key(keys.EQUIV, term.name, "baseline_total", suffix)] = float(torch.cat(base).double().mean())
+            if self.want_floor:
+                primary = self._baseline_for(suffix, self.task.primary_term.name)
+                floor = EquivarianceMetric(self.task, k=self.k, family=keys.FLOOR, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False)
+                for batch, rot in zip(batches, rotations):
+                    floor.update(primary, batch, rot)
+                for name, v in floor.compute().items():
+                    k = keys.parse(name)
+                    if k is not None and k.quantity in ("total", "equiv", "pct", "equiv_plugin", "equiv_se"):
+                        out[name] = v
+        self._model_free[suffix] = out
         return out
 
-    def __call__(self, model: nn.Module, grad_model: nn.Module | None = None) -> dict[str, float]:
-        """All metrics for ``model`` (the EMA weights when EMA is on), in eval mode, then restored.
+    # --- one evaluation ------------------------------------------------------------------------------
+    def _grad_wanted(self, suffix: str) -> bool:
+        return self.want_grad and (self.grad_suffixes is None or suffix in self.grad_suffixes)
 
-        Gradient norms need trainable parameters, so they are taken on ``grad_model`` (the live
-        training weights; defaults to ``model``).
-        """
+    def _evaluate_suffix(self, model: nn.Module, suffix: str, batches: list[Batch], rotations: list[torch.Tensor]) -> dict[str, float]:
+        metric = EquivarianceMetric(self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, spectrum_l_max=self.spectrum_l_max,
+                                    bootstrap=self.bootstrap, seed=self.seed, sync=False)
+        out: dict[str, float] = {}
+        if self._grad_wanted(suffix):
+            out.update(self._update_with_gradients(model, metric, suffix, batches, rotations))
+        else:
+            with torch.no_grad():
+                for batch, rot in zip(batches, rotations):
+                    metric.update(model, batch, rot)
+        out.update(metric.compute())
+        out.update(self._model_free_part(suffix, batches, rotations))
+        for term in self.task.terms:
+            k = keys.MetricKey(keys.EQUIV, term.name, "total", suffix)
+            total = out.get(str(k))
+            for ref, rel in (("null_total", "total_rel_null"), ("baseline_total", "total_rel_baseline")):
+                v = out.get(str(k.with_(quantity=ref)))
+                if v is not None and total is not None:
+                    out[str(k.with_(quantity=rel))] = total / v if v > 0 else float("nan")
+            fe = out.get(keys.key(keys.FLOOR, term.name, "equiv", suffix))
+            if fe is not None and total:
+                out[str(k.with_(quantity="pct_net"))] = (out[str(k.with_(quantity="equiv"))] - fe) / total
+        if self.cube is not None:
+            cube = EquivarianceMetric(self.task, k=self.cube.shape[0], family=keys.CUBE, exact_group=True, suffix=suffix,
+                                      chunk_size=self.chunk_size, bootstrap=0, sync=False)
+            with torch.no_grad():
+                for batch in batches:
+                    cube.update(model, batch, self.cube)
+            for name, v in cube.compute().items():
+                if keys.parse(name).quantity in ("total", "mean", "equiv", "pct", "pct_se", "pct_q50", "pct_q90", "pct_max"):
+                    out[name] = v
+        return out
+
+    def _update_with_gradients(self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch],
+                               rotations: list[torch.Tensor]) -> dict[str, float]:
+        """One forward pass per chunk with autograd on: the chunk feeds the metric (detached) *and* the gradients of
+        the held-out L_equiv and L_mean of the primary term (sample-weighted over chunks), on the same weights."""
+        term = self.task.primary_term
+        n = sum(int(r.shape[0]) for r in rotations)
+        g_equiv: list[torch.Tensor | None] | None = None
+        g_mean: list[torch.Tensor | None] | None = None
+        with _trainable(model) as params:
+            for batch, rot in zip(batches, rotations):
+                z = untwisted_predictions(model, self.task, batch, rot, chunk_size=self.chunk_size)
+                dec: TermDecomposition = decompose_term(term, z, self.task.targets(batch), batch)
+                w = rot.shape[0] / n
+                ge = torch.autograd.grad(dec.equiv_unbiased.mean() * w, params, retain_graph=True, allow_unused=True)
+                gm = torch.autograd.grad(dec.mean_unbiased.mean() * w, params, allow_unused=True)
+                g_equiv = list(ge) if g_equiv is None else [a if b is None else (b if a is None else a + b) for a, b in zip(g_equiv, ge)]
+                g_mean = list(gm) if g_mean is None else [a if b is None else (b if a is None else a + b) for a, b in zip(g_mean, gm)]
+                metric.update_from_predictions({kk: v.detach() for kk, v in z.items()}, batch, rot)
+        ne, nm = _norm(g_equiv or []), _norm(g_mean or [])
+        k = keys.MetricKey(keys.EQUIV, term.name, "equiv_grad_norm", suffix)
+        return {str(k): ne, str(k.with_(quantity="mean_grad_norm")): nm,
+                str(k.with_(quantity="grad_norm_ratio")): ne / nm if nm > 0 else float("nan")}
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        """All metrics of ``model`` (the EMA weights when EMA is on), in eval mode, then restored."""
         was_training = model.training
         model.eval()
+        out: dict[str, float] = {}
         try:
-            out = self._no_grad_part(model)
+            for suffix in self.heldout.suffixes:
+                batches, rotations = self.heldout.select(suffix)
+                out.update(self._evaluate_suffix(model, suffix, batches, rotations))
         finally:
             model.train(was_training)
         if self.linear_head:
-            for key, v in deviation_norm(get_linear_head(model, self.linear_head)).items():
-                out[f"head/{key}"] = v
-        if self.want_grad:
-            gm = grad_model if grad_model is not None else model
-            for suffix, batches in self.chunks.items():
-                g = gradient_norms(gm, self.task, batches[0], self.rotations[0], chunk_size=self.chunk_size)
-                for key, v in g.items():
-                    out[_join("equiv", suffix, self.task.primary_term.name, key)] = v
+            for name, v in deviation_norm(get_linear_head(model, self.linear_head)).items():
+                out[keys.scalar_key(keys.HEAD, name)] = v
         return out

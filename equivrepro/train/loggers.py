@@ -4,12 +4,18 @@ The results file ``<run_dir>/metrics.csv`` has one row per (step, metric, value)
 results table are built from it and never need wandb. Rows are appended and flushed as they are
 logged; on resume the file is atomically rewritten without rows past the checkpoint step, so an
 interrupted-and-resumed run has exactly the rows of an uninterrupted one.
+
+The wandb sink (:class:`WandbSink`) adds what a wandb dashboard needs: the training step as every chart's
+x-axis, the headline numbers as run summaries, the run's sweep group and task, and the sweep dimensions as
+top-level config keys (:func:`sweep_dimensions`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import logging
 import math
 import os
 from pathlib import Path
@@ -17,7 +23,10 @@ from typing import Any, Mapping
 
 from equivrepro.train.checkpoint import atomic_write_text
 
-__all__ = ["ResultsFile", "WandbSink", "Loggers", "read_results"]
+__all__ = ["ResultsFile", "WandbSink", "Loggers", "read_results", "STEP_METRIC", "DIMENSIONS", "dimension_key", "dimension_of",
+           "sweep_dimensions", "run_group", "run_job_type"]
+
+log = logging.getLogger("equivrepro.train.loggers")
 
 RESULTS_NAME = "metrics.csv"
 _HEADER = ["step", "metric", "value"]
@@ -70,23 +79,155 @@ class ResultsFile:
             self._f.close()
 
 
-class WandbSink:
-    """wandb run with a fixed id so a resumed (or requeued) run continues the same wandb run."""
+#: the x-axis of every wandb chart: the training step, logged with every row (wandb only, not in metrics.csv)
+STEP_METRIC = "trainer/step"
+#: sweep dimensions (columns of :func:`equivrepro.results.run_columns`) copied to top-level wandb config keys
+DIMENSIONS = ("task", "family", "model_label", "n_params", "train_size", "optim_label", "augment", "batch_size", "seed")
+_DIMENSION_PREFIX = "dim_"
 
-    def __init__(self, run_dir: str | Path, run_id: str, name: str, config: dict, project: str, entity: str | None, mode: str, group: str | None, tags: list[str] | None):
+
+def dimension_key(column: str) -> str:
+    """The top-level wandb config key of a sweep dimension (``model_label`` → ``dim_model_label``)."""
+    return f"{_DIMENSION_PREFIX}{column}"
+
+
+def dimension_of(config_key: str) -> str | None:
+    """The dimension a top-level config key holds (``dim_model_label`` → ``model_label``), else None."""
+    if config_key.startswith(_DIMENSION_PREFIX) and config_key[len(_DIMENSION_PREFIX):] in DIMENSIONS:
+        return config_key[len(_DIMENSION_PREFIX):]
+    return None
+
+
+def sweep_dimensions(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``{dim_<column>: value}`` of a resolved config: the settings a wandb panel can group a sweep by.
+
+    Values are plain scalars: ``train_size`` is its label (``'all'``, ``'160'``, ``'1%'``), ``family`` the
+    model family where the config names one (``run_columns``' ``family``), else the model class.
+    """
+    from equivrepro.results import format_train_size, run_columns
+
+    cols = run_columns(config, run_id="-")
+    cols["family"] = cols.get("family") or cols.get("model")
+    cols["train_size"] = format_train_size(cols.get("train_size"))
+    out = {}
+    for c in DIMENSIONS:
+        v = cols.get(c)
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        out[dimension_key(c)] = v
+    return out
+
+
+def run_group(config: Mapping[str, Any], group: str | None = None) -> str | None:
+    """The wandb group of a run: the sweep name passed in, else the experiment name (``config['name']``)."""
+    return group or config.get("name")
+
+
+def run_job_type(config: Mapping[str, Any], job_type: str | None = None) -> str | None:
+    """The wandb job type of a run: given, else the task name (``config['task']['name']``)."""
+    task = config.get("task")
+    return job_type or (task.get("name") if isinstance(task, Mapping) else None)
+
+
+class WandbSink:
+    """wandb run with a fixed id so a resumed (or requeued) run continues the same wandb run.
+
+    What it records besides the rows (see :mod:`equivrepro.metrics.headline` and the dashboard,
+    :mod:`equivrepro.dashboard`):
+
+    * :data:`STEP_METRIC` (the training step) with every row, and ``define_metric`` with it as ``step_metric``
+      for every key family (``train/*``, ``time/*``, ``head/*``, ``compute/*``, ``equiv*/*``, ``spectrum/*``,
+      ``attribution/*``; any other key when first seen). Each ``…/pct`` key keeps ``min`` and ``last`` as its
+      summary (``{"min": …, "last": …}``); every other key keeps wandb's default summary, the last value;
+    * the headline summaries ``headline/[S/]T/…`` (pct first / min / final and their steps, the first step with
+      pct ≤ 2 % after the model left its baseline, L/L_base at the end), updated at every evaluation. On resume
+      they are seeded from ``history`` (default: the run's ``metrics.csv`` as it stands when the sink is made,
+      which :class:`ResultsFile` has cut back to the checkpoint step), so they cover the whole run;
+    * ``group`` = the sweep name, else the experiment name; ``job_type`` = the task name; the sweep dimensions as
+      top-level config keys ``dim_<column>`` (:func:`sweep_dimensions`) next to the resolved config.
+    """
+
+    def __init__(self, run_dir: str | Path, run_id: str, name: str, config: dict, project: str, entity: str | None = None,
+                 mode: str = "offline", group: str | None = None, tags: list[str] | None = None, job_type: str | None = None,
+                 *, history: list[tuple[int, str, float]] | None = None, threshold: float | None = None):
         import wandb
 
+        from equivrepro.metrics.headline import THRESHOLD, HeadlineTracker
+        from equivrepro.runs import RunDir
+
         self._wandb = wandb
+        config = dict(config)
+        clash = sorted(k for k in config if dimension_of(k))
+        if clash:
+            raise ValueError(f"WandbSink: config keys {clash} clash with the sweep-dimension keys {_DIMENSION_PREFIX}*")
+        try:
+            dims = sweep_dimensions(config)
+        except Exception as exc:  # a config run_columns cannot read: log the run anyway, without the dimensions
+            log.warning("wandb run %s: no sweep-dimension config keys (%s: %s)", run_id, type(exc).__name__, exc)
+            dims = {}
+        wandb_config = {**config, **dims}
         self.run = wandb.init(
-            project=project, entity=entity, id=run_id, name=name, group=group, tags=tags,
-            resume="allow", dir=str(run_dir), mode=mode, config=config, reinit="finish_previous",
+            project=project, entity=entity, id=run_id, name=name, group=run_group(config, group), tags=tags,
+            job_type=run_job_type(config, job_type), resume="allow", dir=str(run_dir), mode=mode, config=wandb_config,
+            reinit="finish_previous",
         )
+        self._defined: set[str] = set()
+        self._define_families()
+        self.tracker = HeadlineTracker(threshold=THRESHOLD if threshold is None else threshold)
+        if history is None:
+            rd = RunDir(run_dir)
+            history = rd.read_metrics() if rd.metrics_path.exists() else []
+        if history:
+            self.tracker.update_rows(history)
+            self._write_summary()
+
+    def _define_families(self) -> None:
+        self.run.define_metric(STEP_METRIC)
+        for family in _families():
+            self.run.define_metric(f"{family}/*", step_metric=STEP_METRIC)
+
+    def _define(self, metric: str) -> None:
+        """A key's own definition, the first time it is logged: pct keys keep min and last; keys of a family
+        without a glob get the step axis."""
+        from equivrepro.metrics.keys import HEADLINE_QUANTITY, MetricKey
+
+        self._defined.add(metric)
+        k = MetricKey.parse(metric)
+        if k is not None and k.quantity == HEADLINE_QUANTITY:
+            self.run.define_metric(metric, step_metric=STEP_METRIC, summary="min,last")
+        elif metric.split("/", 1)[0] not in _families():
+            self.run.define_metric(metric, step_metric=STEP_METRIC)
+
+    def _write_summary(self) -> None:
+        from equivrepro.metrics.headline import summary
+
+        self.run.summary.update(summary(self.tracker.headlines()))
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.run.log(dict(metrics), step=int(step))
+        for metric in metrics:
+            if metric not in self._defined:
+                self._define(metric)
+        self.run.log({STEP_METRIC: int(step), **metrics}, step=int(step))
+        before = self.tracker.headlines()
+        try:
+            after = self.tracker.update(step, metrics)
+        except ValueError as exc:  # a step logged out of order: wandb drops it too; never stop training for a summary
+            log.warning("wandb headline summaries not updated at step %s: %s", step, exc)
+            return
+        if after != before:
+            self._write_summary()
 
     def close(self) -> None:
+        self._write_summary()
         self.run.finish()
+
+
+@functools.lru_cache(maxsize=1)
+def _families() -> tuple[str, ...]:
+    """Every key family of :mod:`equivrepro.metrics.keys` (imported lazily: reading results needs no torch)."""
+    from equivrepro.metrics import keys
+
+    return (keys.TRAIN, keys.TIME, keys.HEAD, keys.COMPUTE, *keys.DECOMPOSITION_FAMILIES)
 
 
 class Loggers:

@@ -9,6 +9,11 @@ step; no loader or RNG state can drift. The loop is ~200 lines and has no hidden
 Per step: batch → (Haar rotation per sample via ``task.rotate_batch`` if ``trainer.augment``) →
 ``task.training_loss`` under autocast → finite check → backward (grad scaler for fp16) → clip →
 optimizer and LR-schedule step → EMA update → logging, equivariance callback, atomic checkpoint.
+
+The run directory is owned by :class:`equivrepro.runs.RunDir`: the status record says ``running`` while the
+run trains, ``finished`` at the end and ``failed`` (with the error) when it raises — a sweep relaunch and
+the results table both see it. Stale temporaries of an interrupted atomic write are removed on start.
+At the end the run logs and prints the share of its wall time spent in equivariance evaluations.
 """
 
 from __future__ import annotations
@@ -27,29 +32,31 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from equivrepro.metrics import keys
 from equivrepro.rotations import haar_rotations
+from equivrepro.runs import RunDir
 from equivrepro.task import batch_size, to_device
 from equivrepro.train.build import build_from_config, plain_config, run_dir_for, run_identity
-from equivrepro.train.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from equivrepro.train.checkpoint import load_checkpoint, save_checkpoint
 from equivrepro.train.distributed import barrier, init_distributed, resolve_device
 from equivrepro.train.ema import EMA
-from equivrepro.train.equivariance import EquivarianceCallback
+from equivrepro.train.equivariance import EquivarianceCallback, evaluation_steps
 from equivrepro.train.loggers import Loggers, ResultsFile, WandbSink
 from equivrepro.train.optim import build_optimizer
 from equivrepro.train.preemption import PreemptionGuard
 from equivrepro.train.sampling import StepBatchSampler
 from equivrepro.train.schedules import build_scheduler
+from equivrepro.train.validate import PRECISIONS, validate_config
 
 log = logging.getLogger("equivrepro.train")
 
-__all__ = ["train", "NonFiniteLossError", "TrainingInterrupted", "STATUS_NAME"]
+__all__ = ["train", "NonFiniteLossError", "TrainingInterrupted"]
 
-STATUS_NAME = "status.json"
-_PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+_PRECISIONS = dict(zip(PRECISIONS, (None, torch.bfloat16, torch.float16)))
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN/inf; the last checkpoint on disk is intact."""
+    """The training loss became NaN/inf; the message says which checkpoint (if any) is on disk."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -60,15 +67,6 @@ def _step_seed(seed: int, step: int, rank: int, stream: int) -> int:
     return (int(seed) * 1_000_003 + int(step) * 7_919 + int(rank) * 104_729 + stream) % (2**63 - 1)
 
 
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / STATUS_NAME
-    if path.exists():
-        import json
-
-        return json.loads(path.read_text())
-    return {}
-
-
 def _autocast(device: torch.device, precision: str):
     dtype = _PRECISIONS[precision]
     if dtype is None:
@@ -76,22 +74,42 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _validate(cfg: DictConfig) -> None:
+    validate_config({node: OmegaConf.to_container(cfg[node], resolve=True) for node in ("trainer", "equivariance") if node in cfg})
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run described by ``cfg``; returns a summary dict."""
+    _validate(cfg)
     tcfg, ecfg = cfg.trainer, cfg.equivariance
-    if str(tcfg.precision) not in _PRECISIONS:
-        raise ValueError(f"trainer.precision must be one of {sorted(_PRECISIONS)}, got {tcfg.precision!r}")
+    run_id = run_identity(cfg)
+    run = RunDir(run_dir_for(cfg))
+    max_steps = int(tcfg.max_steps)
+    if run.is_finished(max_steps):
+        status = run.read_status()
+        log.info("run %s already finished at step %s: skipping", run.path, status["step"])
+        return {"run_dir": str(run.path), "run_id": run_id, "skipped": True, **status}
     dist_info = init_distributed(str(tcfg.device))
     device = resolve_device(str(tcfg.device), dist_info.local_rank)
-    run_id = run_identity(cfg)
-    run_dir = run_dir_for(cfg)
-    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
-    max_steps = int(tcfg.max_steps)
-    status = _status(run_dir)
-    if status.get("state") == "finished" and int(status.get("step", -1)) >= max_steps:
-        log.info("run %s already finished at step %s: skipping", run_dir, status["step"])
-        return {"run_dir": str(run_dir), "run_id": run_id, "skipped": True, **status}
+    if dist_info.is_main:
+        run.clean_stale_temporaries()
+    identity = {"run_id": run_id, "wandb_id": run_id}
+    try:
+        return _train(cfg, run, run_id, identity, dist_info, device, max_steps)
+    except TrainingInterrupted:
+        raise  # a preemption: the run stays 'running' and resumes from its checkpoint
+    except BaseException as exc:
+        if dist_info.is_main:
+            state = run.read_status()
+            run.write_status("failed", int(state.get("step", 0)), **identity, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
+                             checkpoint=str(run.last_checkpoint) if run.last_checkpoint.exists() else None,
+                             **{k: v for k, v in state.items() if k in ("data", "bound")})
+        raise
 
+
+def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info, device: torch.device, max_steps: int) -> dict[str, Any]:
+    tcfg, ecfg = cfg.trainer, cfg.equivariance
+    t_start = time.perf_counter()
     if tcfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -104,6 +122,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
     if dist_info.is_main:
         barrier(dist_info)
+    statistics = datamodule.statistics()
+    bound = task.bind_data(statistics)
+    if bound.get("mismatch"):
+        log.warning("the data used disagree with explicit task settings: %s (values from %s)", bound["mismatch"], cfg.data.get("_target_"))
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, max_steps)
@@ -111,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     precision = str(tcfg.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
 
+    ckpt_path = run.last_checkpoint
     start_step = 0
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
@@ -121,26 +144,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start_step = int(state["step"])
-        log.info("resuming %s from step %d", run_dir, start_step)
+        log.info("resuming %s from step %d", run.path, start_step)
 
     config_dict = plain_config(cfg)
+    describe = datamodule.describe()
+
+    def status(state: str, step: int, **extra: Any) -> None:
+        if dist_info.is_main:
+            run.write_status(state, step, **identity, data=describe, bound=bound, **extra)
+
     loggers = Loggers([])
     callback = None
     if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config_dict)))
-        sinks: list[Any] = [ResultsFile(run_dir, resume_step=start_step if ckpt_path.exists() else None)]
+        run.write_config(config_dict)
+        sinks: list[Any] = [ResultsFile(run.path, resume_step=start_step if ckpt_path.exists() else None)]
         if cfg.logger.get("enabled", False):
-            sinks.append(WandbSink(run_dir, run_id, f"{cfg.name}-{run_id}", config_dict, project=cfg.logger.project, entity=cfg.logger.get("entity"), mode=cfg.logger.mode, group=cfg.logger.get("group"), tags=list(cfg.logger.get("tags") or [])))
+            sinks.append(WandbSink(run.path, run_id, f"{cfg.name}-{run_id}", config_dict, project=cfg.logger.project, entity=cfg.logger.get("entity"),
+                                   mode=cfg.logger.mode, group=cfg.logger.get("group"), tags=list(cfg.logger.get("tags") or [])))
         loggers = Loggers(sinks)
-        atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": start_step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
-        if ecfg.every:
+        status("running", start_step)
+        if ecfg.every or ecfg.get("log_points"):
             callback = EquivarianceCallback(
                 task, datamodule.heldout_dataset, datamodule.collate, device,
                 num_samples=ecfg.num_samples, k=ecfg.k, batch_size=ecfg.batch_size, chunk_size=ecfg.chunk_size,
-                seed=ecfg.seed, grad_norms=ecfg.grad_norms, cube_group=ecfg.cube_group, floor=ecfg.floor,
-                linear_head=ecfg.get("linear_head"),
+                seed=ecfg.seed, grad_norms=ecfg.grad_norms, grad_suffixes=ecfg.get("grad_suffixes"), cube_group=ecfg.cube_group,
+                floor=ecfg.floor, linear_head=ecfg.get("linear_head"), spectrum_l_max=ecfg.get("spectrum_l_max"),
+                bootstrap=int(ecfg.get("bootstrap", 1000)), train_dataset=datamodule.train_dataset,
+                baseline_samples=int(ecfg.get("baseline_samples", 64)),
             )
+    eval_at = evaluation_steps(max_steps, int(ecfg.every or 0), int(ecfg.get("log_points") or 0)) if callback is not None else set()
 
     train_model: torch.nn.Module = model
     if dist_info.enabled:
@@ -148,34 +180,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pin = (device.type == "cuda") if str(tcfg.pin_memory) == "auto" else bool(tcfg.pin_memory)
     sampler = StepBatchSampler(len(datamodule.train_dataset), int(tcfg.batch_size), int(cfg.seed), start_step, max_steps, dist_info.rank, dist_info.world_size)
     loader = DataLoader(datamodule.train_dataset, batch_sampler=sampler, collate_fn=datamodule.collate, num_workers=int(tcfg.num_workers), pin_memory=pin)
+    eval_seconds = 0.0
 
     def evaluate(step: int) -> dict[str, float]:
+        nonlocal eval_seconds
         if callback is None:
             return {}
         t0 = time.perf_counter()
-        metrics = callback(ema.model if ema is not None else model, grad_model=model)
-        metrics["time/equivariance_eval_s"] = time.perf_counter() - t0
+        metrics = callback(ema.model if ema is not None else model)
+        dt = time.perf_counter() - t0
+        eval_seconds += dt
+        metrics[keys.scalar_key(keys.TIME, "equivariance_eval_s")] = dt
         loggers.log(step, metrics)
         return metrics
 
     def weights(step: int) -> dict[str, Any]:
         return {"step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "config": config_dict, "run_id": run_id}
+                "config": config_dict, "run_id": run_id, "statistics": statistics}
 
     def checkpoint(step: int) -> None:
         if dist_info.is_main:
             save_checkpoint(ckpt_path, {**weights(step), "optimizer": optimizer.state_dict(),
                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
-            atomic_write_json(run_dir / STATUS_NAME, {"state": "running", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
+            status("running", step)
         barrier(dist_info)
 
     snapshot_steps = {int(s) for s in (tcfg.get("snapshot_steps") or [])}
     last: dict[str, float] = {}
-    if start_step == 0 and ecfg.every:
+    if start_step == 0 and 0 in eval_at:
         last = evaluate(0)
-    bar = tqdm(total=max_steps, initial=start_step, disable=not (tcfg.progress_bar and dist_info.is_main), desc=f"{cfg.name}-{run_id}", dynamic_ncols=True)
+    bar = tqdm(total=max_steps, initial=start_step, disable=not (tcfg.progress_bar and dist_info.is_main), desc=run.name, dynamic_ncols=True)
     t_last, clip = time.perf_counter(), tcfg.grad_clip
     step = start_step
+    headline = keys.key(keys.EQUIV, task.primary_term.name, "pct")
     train_model.train()
     guard = PreemptionGuard(distributed=dist_info.enabled).__enter__()
     try:
@@ -190,11 +227,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             with _autocast(device, precision):
                 loss, logs = task.training_loss(train_model, batch, gen)
             if not torch.isfinite(loss.detach()):
-                msg = (f"non-finite training loss ({float(loss.detach())}) at step {step} of run {run_dir}; "
-                       f"the last checkpoint ({ckpt_path}) is intact. Loss parts: {logs}")
-                if dist_info.is_main:
-                    atomic_write_json(run_dir / STATUS_NAME, {"state": "failed", "step": step - 1, "run_id": run_id, "error": msg})
-                raise NonFiniteLossError(msg)
+                saved = (f"the last checkpoint on disk is {ckpt_path} (step {load_checkpoint(ckpt_path)['step']}), unchanged"
+                         if ckpt_path.exists() else "no checkpoint had been written yet")
+                raise NonFiniteLossError(f"non-finite training loss ({float(loss.detach())}) at step {step} of run {run.path}; "
+                                         f"{saved}. Loss parts: {logs}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             grad_norm = float("nan")
@@ -209,21 +245,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             bar.update(1)
             if dist_info.is_main and (step % int(tcfg.log_every) == 0 or step == max_steps):
                 now = time.perf_counter()
-                row = {"train/loss": float(loss.detach()), "train/lr": optimizer.param_groups[0]["lr"], "train/grad_norm": grad_norm}
-                row.update({f"train/{k}": float(v) for k, v in logs.items()})
-                row["time/step_s"] = (now - t_last) / int(tcfg.log_every)
+                row = {keys.scalar_key(keys.TRAIN, "loss"): float(loss.detach()), keys.scalar_key(keys.TRAIN, "lr"): optimizer.param_groups[0]["lr"],
+                       keys.scalar_key(keys.TRAIN, "grad_norm"): grad_norm}
+                row.update({keys.scalar_key(keys.TRAIN, k): float(v) for k, v in logs.items()})
+                row[keys.scalar_key(keys.TIME, "step_s")] = (now - t_last) / int(tcfg.log_every)
                 t_last = now
                 loggers.log(step, row)
                 bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            if ecfg.every and (step % int(ecfg.every) == 0 or step == max_steps):
+            if step in eval_at:
                 last = evaluate(step)
-                pct = last.get(f"equiv/{task.primary_term.name}/pct")
+                pct = last.get(headline)
                 if pct is not None and math.isfinite(pct):
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}", pct=f"{100 * pct:.2f}%")
             if step % int(tcfg.checkpoint_every) == 0 or step == max_steps:
                 checkpoint(step)
             if dist_info.is_main and step in snapshot_steps:
-                save_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}.pt", weights(step))  # weights only
+                save_checkpoint(run.snapshot(step), weights(step))  # weights only
             if guard.should_stop():
                 checkpoint(step)
                 log.warning("preemption signal: checkpoint saved at step %d; handing over to the launcher", step)
@@ -231,13 +268,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 raise TrainingInterrupted(f"preempted after step {step}; resume by relaunching the same config")
             if tcfg.get("interrupt_after_step") is not None and step == int(tcfg.interrupt_after_step):
                 raise TrainingInterrupted(f"interrupted after step {step} (trainer.interrupt_after_step)")
+        if step < max_steps:
+            raise RuntimeError(f"the training data ran out at step {step} of {max_steps}")
+        wall = time.perf_counter() - t_start
+        share = eval_seconds / wall if wall > 0 else float("nan")
+        if dist_info.is_main:
+            loggers.log(step, {keys.scalar_key(keys.TIME, "wall_s"): wall, keys.scalar_key(keys.TIME, "equivariance_share"): share})
+            log.info("%s: %d steps in %.0f s this session, of which equivariance evaluations %.0f s (%.1f %%)", run.name,
+                     step - start_step, wall, eval_seconds, 100 * share)
     finally:
         guard.__exit__()
         bar.close()
         loggers.close()
-    if step < max_steps:
-        raise RuntimeError(f"the training data ran out at step {step} of {max_steps}")
-    if dist_info.is_main:
-        atomic_write_json(run_dir / STATUS_NAME, {"state": "finished", "step": step, "run_id": run_id, "wandb_id": run_id, "data": datamodule.describe()})
+    status("finished", step, wall_s=wall, equivariance_eval_s=eval_seconds, equivariance_share=share)
     barrier(dist_info)
-    return {"run_dir": str(run_dir), "run_id": run_id, "skipped": False, "step": step, "metrics": last}
+    return {"run_dir": str(run.path), "run_id": run_id, "skipped": False, "step": step, "metrics": last,
+            "equivariance_share": share}

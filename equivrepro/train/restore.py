@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from equivrepro.data import DataModule
+from equivrepro.runs import RunDir
 from equivrepro.task import Task
 from equivrepro.train.build import build_from_config
-from equivrepro.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from equivrepro.train.checkpoint import load_checkpoint
 
 __all__ = ["RestoredRun", "load_run"]
 
@@ -26,26 +27,36 @@ class RestoredRun:
     datamodule: DataModule
     step: int
 
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
 
 def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu", setup_data: bool = True,
-             checkpoint: str | Path | None = None) -> RestoredRun:
+             checkpoint: str | Path | int | None = None) -> RestoredRun:
     """``weights='ema'`` loads the EMA weights when the run kept them (else the raw ones), ``'model'`` the raw ones.
 
-    ``checkpoint``: another checkpoint file of the run, e.g. a snapshot ``checkpoints/step_00000500.pt``
-    (default ``checkpoints/last.pt``); a relative path is taken relative to ``run_dir``.
+    ``checkpoint``: ``None`` (``last.pt``), a step (its snapshot, :meth:`RunDir.snapshot`) or a file of the run
+    (a relative path is taken relative to ``run_dir``). With ``setup_data`` the data module is set up and the
+    task bound to it (normalisers from the data, as in training); otherwise to the training split's statistics
+    stored in the checkpoint.
     """
-    run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME if checkpoint is None else run_dir / Path(checkpoint)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
+    run = RunDir(run_dir)
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if checkpoint is None or isinstance(checkpoint, int):
+        ckpt_path = run.checkpoint(checkpoint)
+    else:
+        ckpt_path = run.path / Path(checkpoint)
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
     state: dict[str, Any] = load_checkpoint(ckpt_path, map_location=device)
     cfg = OmegaConf.create(state["config"])
     task, model, datamodule = build_from_config(cfg)
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
     sd = state["ema"] if weights == "ema" and state.get("ema") is not None else state["model"]
     model.load_state_dict(sd)
     model.to(device).eval()
     if setup_data:
         datamodule.setup()
-    return RestoredRun(run_dir=run_dir, config=cfg, task=task, model=model, datamodule=datamodule, step=int(state["step"]))
+    task.bind_data(datamodule.statistics() if setup_data else state.get("statistics") or {})
+    return RestoredRun(run_dir=run.path, config=cfg, task=task, model=model, datamodule=datamodule, step=int(state["step"]))

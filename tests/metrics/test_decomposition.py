@@ -327,7 +327,7 @@ def test_summary_keys_and_standard_errors():
     samples: factor 4, accepted in [2.5, 6.5]) and agrees with the spread of pct over independent batches."""
     model = _mlp()
     keys = {"total", "mean", "equiv", "mean_plugin", "equiv_plugin", "pct", "pct_plugin", "total_se", "mean_se",
-            "equiv_se", "pct_se", "pct_q50", "pct_q90", "pct_max"}
+            "equiv_se", "pct_se", "pct_q50", "pct_q90", "pct_max", "n", "equiv_max_share"}
     rot = lambda n, s: haar_rotations(n * 4, torch.Generator().manual_seed(s), torch.float64).reshape(n, 4, 3, 3)  # noqa: E731
     small = twirl_decomposition(model, TASK, _batch(64, 6, seed=1), rot(64, 1))["mse"].summary()
     large = twirl_decomposition(model, TASK, _batch(1024, 6, seed=2), rot(1024, 2))["mse"].summary()
@@ -368,3 +368,24 @@ def test_decompose_term_directly_from_untwisted_predictions():
     assert d.equiv_plugin.max() < 1e-30  # only the rounding of z̄ = Σ z_k / K
     expected = (0.3**2) * batch["pos"].pow(2).sum(-1).mean(-1)
     assert torch.allclose(d.mean_unbiased, expected, rtol=1e-12) and torch.allclose(d.total, expected, rtol=1e-12)
+
+
+def test_bootstrap_interval_of_pct_covers_the_population_value():
+    """The percentile bootstrap of Σe/Σt over samples covers the population ratio at close to its level on
+    well-behaved data (200 repetitions of n = 64), and the summary reports it around the point estimate."""
+    from equivrepro.metrics.decomposition import ratio_bootstrap_interval
+
+    g = torch.Generator().manual_seed(0)
+    pop = 0.1 / 1.5  # t ~ 1 + U(0, 1), e = 0.1·t·X/1.5 with X ~ Exp(1) independent: E e = 0.1, E t = 1.5
+    hits = 0
+    for _ in range(200):
+        t = 1.0 + torch.rand(64, generator=g, dtype=torch.float64)
+        e = 0.1 * t * torch.empty(64, dtype=torch.float64).exponential_(1.0, generator=g) / 1.5
+        lo, hi = ratio_bootstrap_interval(e, t, 400, g)
+        hits += lo <= pop <= hi
+    assert 0.86 <= hits / 200 <= 0.99, hits
+    model = _mlp()
+    rot = haar_rotations(48 * 4, torch.Generator().manual_seed(5), torch.float64).reshape(48, 4, 3, 3)
+    s = twirl_decomposition(model, TASK, _batch(48, 6, seed=5), rot)["mse"].summary(bootstrap=500, generator=torch.Generator().manual_seed(1))
+    assert s["pct_ci_lo"] < s["pct"] < s["pct_ci_hi"]
+    assert 0.5 < (s["pct_ci_hi"] - s["pct_ci_lo"]) / (2 * 1.96 * s["pct_se"]) < 2.0

@@ -125,7 +125,7 @@ def test_vary_optimizer_on_real_runs_and_refusal_to_mix_sweep_points(points_tabl
     with pytest.raises(ValueError, match="differ in lr"):
         F.pct_curves(points_table, tmp_path / "mixed")
     # each series is labelled with its runs' final L_total / L_null, read from the table
-    rel = F._final_rel_null(points_table, "equiv/mse/total_rel_null", "optim_label", ["AdamW 1e-3", "AdamW 1e-2"])
+    rel = F._final_value(points_table, "equiv/mse/total_rel_null", "optim_label", ["AdamW 1e-3", "AdamW 1e-2"])
     for label, value in rel.items():
         g = points_table[(points_table["optim_label"] == label) & (points_table["metric"] == "equiv/mse/total_rel_null")]
         assert value == pytest.approx(g.sort_values("step").groupby("run_id")["value"].last().mean())
