@@ -9,9 +9,31 @@ from equivrepro.metrics.decomposition import (
     untwisted_predictions,
 )
 from equivrepro.metrics.gradients import gradient_norms
+from equivrepro.metrics.spectral import (
+    AngleCurve,
+    DegreeSpectrum,
+    angle_curve_measured,
+    angle_curve_predicted,
+    degree_spectra,
+    degree_spectrum,
+    degree_spectrum_of,
+    equiv_map,
+    invariant_degrees,
+    removed_degrees,
+)
 from equivrepro.metrics.twirl import TwirledPredictor
 
 __all__ = [
+    "AngleCurve",
+    "DegreeSpectrum",
+    "angle_curve_measured",
+    "angle_curve_predicted",
+    "degree_spectra",
+    "degree_spectrum",
+    "degree_spectrum_of",
+    "equiv_map",
+    "invariant_degrees",
+    "removed_degrees",
     "TermDecomposition",
     "TwirledPredictor",
     "as_predictor",

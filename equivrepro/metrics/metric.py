@@ -103,13 +103,11 @@ class EquivarianceMetric:
             out[term.name] = dec
             self._parts.setdefault(term.name, []).append(_detached(dec))
         if self.spectrum_l_max is not None and not self.exact_group:
-            from equivrepro.metrics.spectral import degree_spectrum
+            from equivrepro.metrics.spectral import degree_spectra
 
             rot = per_sample_rotations(rotations, batch_size(batch))
-            for term in self.terms:
-                if term.quadratic:
-                    self._spectra.setdefault(term.name, []).append(
-                        degree_spectrum(z, rot, term, target, batch, l_max=self.spectrum_l_max))
+            for name, spec in degree_spectra(z, rot, self.task, batch, l_max=self.spectrum_l_max, terms=self.terms).items():
+                self._spectra.setdefault(name, []).append(spec)
         return out
 
     def results(self) -> dict[str, TermDecomposition]:
@@ -127,7 +125,13 @@ class EquivarianceMetric:
         from equivrepro.metrics.spectral import DegreeSpectrum
 
         pooled = {name: DegreeSpectrum.concat(parts) for name, parts in self._spectra.items()}
-        return {name: spec.gathered() for name, spec in pooled.items()} if self.sync else pooled
+        if not self.sync:
+            return pooled
+        out = {}
+        for name, spec in pooled.items():
+            est, eq, tot = gather_per_sample([spec.estimates, spec.equiv, spec.total])
+            out[name] = DegreeSpectrum(spec.name, spec.k, spec.l_max, est, eq, tot, spec.centring)
+        return out
 
     def compute(self) -> dict[str, float]:
         """Summaries of every term under :func:`keys.key` names (``family/[suffix/]term/quantity``)."""
@@ -138,9 +142,8 @@ class EquivarianceMetric:
         for name, dec in self.results().items():
             for q, v in dec.summary(bootstrap=self.bootstrap, generator=gen).items():
                 out[keys.key(self.family, name, q, self.suffix)] = v
-        for name, spec in self.spectra().items():
-            for q, v in spec.summary().items():
-                out[keys.key(keys.SPECTRUM, name, q, self.suffix)] = v
+        for spec in self.spectra().values():
+            out.update(spec.metrics(self.suffix))
         return out
 
     # --- helpers ---------------------------------------------------------------------------------------
