@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from equivrepro.data import SubsetDataset, heldout_split, nested_subset, pad_collate
+from equivrepro.data import (
+    DataConfigError,
+    DataError,
+    SubsetDataset,
+    check_choice,
+    check_number,
+    check_size,
+    ensure_data_file,
+    heldout_split,
+    nested_subset,
+    open_hdf5,
+    pad_collate,
+    shortest_distances,
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -30,6 +44,15 @@ def test_heldout_split_fraction_and_errors():
     for bad in (0, 200, 0.0, 300):
         with pytest.raises(ValueError, match="held-out size"):
             heldout_split(200, bad, seed=0)
+
+
+def test_heldout_split_errors_name_the_setting_to_change():
+    with pytest.raises(DataConfigError, match=r"between 1 and 4 \(dataset has 5 molecules\): change data.heldout_size \(now 5\)"):
+        heldout_split(5, 5, seed=0, setting="data.heldout_size", unit="molecules")
+    with pytest.raises(DataConfigError, match=r"cannot hold out from 1 chains .*change data.heldout"):
+        heldout_split(1, 1, seed=0, setting="data.heldout", unit="chains")
+    with pytest.raises(DataConfigError, match=r"data.train_size=50 is not within 1..20"):
+        nested_subset(torch.arange(20), 50, seed=0, setting="data.train_size")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,3 +157,72 @@ def test_process_local_file_opens_once_per_process_and_pickles_without_its_handl
     opened.extend([first, clone.get(), handle.get()])
     for f in opened:
         f.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# settings checks
+# --------------------------------------------------------------------------------------------------
+def test_check_size_accepts_counts_and_fractions_and_names_the_key():
+    assert check_size(5, "data.k") == 5 and check_size(0.25, "data.k") == 0.25 and check_size(5e4, "data.k") == 50000
+    assert check_size(None, "data.k", allow_none=True) is None and check_size(1.0, "data.k", allow_whole=True) == 1.0
+    for bad in (0, -2, 1.0, 0.0, 2.5, True, "10", None):
+        with pytest.raises(DataConfigError, match=r"^data\.k must be an int ≥ 1 or a fraction in \(0, 1\)"):
+            check_size(bad, "data.k")
+
+
+def test_check_choice_and_number_name_the_key_and_the_allowed_values():
+    assert check_choice("a", "data.c", ("a", "b")) == "a"
+    with pytest.raises(DataConfigError, match=r"data.c must be one of 'a', 'b', got 'z'"):
+        check_choice("z", "data.c", ("a", "b"))
+    assert check_number(3, "data.n", 1, integer=True) == 3 and check_number(None, "data.n", allow_none=True) is None
+    for bad, kw in ((0, dict(minimum=1, integer=True)), (1.5, dict(integer=True)), (0.0, dict(minimum=0.0, strict=True)), ("1", {})):
+        with pytest.raises(DataConfigError, match="^data.n must be"):
+            check_number(bad, "data.n", **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+# files and geometry
+# --------------------------------------------------------------------------------------------------
+def test_shortest_distances_per_conformer():
+    x = np.array([[[0.0, 0, 0], [3.0, 0, 0], [0, 4.0, 0]], [[0.0, 0, 0], [0.5, 0, 0], [0, 4.0, 0]]])
+    np.testing.assert_allclose(shortest_distances(x), [3.0, 0.5])
+    np.testing.assert_allclose(shortest_distances(x, chunk=1), [3.0, 0.5])  # chunked the same
+    assert shortest_distances(x[0]).shape == (1,) and np.isinf(shortest_distances(np.zeros((2, 1, 3)))).all()
+
+
+def test_open_hdf5_names_the_file_for_empty_cut_and_foreign_files(tmp_path):
+    import h5py
+
+    good = tmp_path / "good.h5"
+    with h5py.File(good, "w") as f:
+        f.create_dataset("x", data=np.arange(100000))
+    with open_hdf5(good) as f:
+        assert f["x"].shape == (100000,)
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "cut.h5").write_bytes(good.read_bytes()[:5000])
+    (tmp_path / "text.h5").write_text("not hdf5\n")
+    for name, words in (("empty.h5", "empty"), ("cut.h5", "truncated"), ("text.h5", "not an HDF5 file"), ("missing.h5", "no such file")):
+        with pytest.raises(DataError) as err:
+            open_hdf5(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value) and words in str(err.value)
+
+
+def test_ensure_data_file_generates_only_the_embedded_location(tmp_path):
+    calls = []
+
+    class Embedded:
+        path = str(tmp_path / "embedded.h5")
+
+        def __call__(self):
+            calls.append(self.path)
+            (tmp_path / "embedded.h5").write_bytes(b"x")
+            return {"seconds": 0.0}
+
+    with pytest.raises(DataError, match=r"data.path=.*embeded.h5: no such file.*make data"):
+        ensure_data_file(str(tmp_path / "embeded.h5"), Embedded())
+    assert calls == []
+    ensure_data_file(Embedded.path, Embedded())
+    ensure_data_file(Embedded.path, Embedded())  # exists now: not generated again
+    assert calls == [Embedded.path]
+    with pytest.raises(DataError, match="how to get it"):
+        ensure_data_file(str(tmp_path / "other.h5"), None, hint="how to get it")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from equivrepro.errors import ConfigError
+
 __all__ = ["ConfigError", "validate_config", "PRECISIONS"]
 
 PRECISIONS = ("32", "bf16", "16")
-
-
-class ConfigError(ValueError):
-    """A config value out of range; the message names the key."""
 
 
 def _int(lo: int | None = None, nullable: bool = False) -> Callable[[Any], str | None]:

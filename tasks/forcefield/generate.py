@@ -55,7 +55,7 @@ from tasks.forcefield.units import (
 
 log = logging.getLogger("tasks.forcefield.generate")
 
-__all__ = ["GeneratorConfig", "candidate_molecules", "label_molecule", "generate", "main"]
+__all__ = ["GeneratorConfig", "EmbeddedFile", "embedded_file", "candidate_molecules", "label_molecule", "generate", "main"]
 
 PRIMARY_METHOD = "GFN2-xTB"
 FALLBACK_METHOD = "MMFF94"
@@ -335,6 +335,24 @@ def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
         "seconds": time.perf_counter() - t0,
     }
     return summary
+
+
+@dataclass
+class EmbeddedFile:
+    """The embedded data file at its default location and the settings that make it; calling it generates
+    ``path`` (the data module does so only when ``data.path`` is this path and it is missing). Built by
+    Hydra from the ``generate:`` node of the embedded data config (:func:`embedded_file`)."""
+
+    path: str
+    config: GeneratorConfig
+
+    def __call__(self) -> dict:
+        return generate(self.path, self.config)
+
+
+def embedded_file(path: str, **settings) -> EmbeddedFile:
+    """``EmbeddedFile(path, GeneratorConfig(**settings))`` (the ``_target_`` of ``data.generate``)."""
+    return EmbeddedFile(str(path), GeneratorConfig(**settings))
 
 
 def main(argv: list[str] | None = None) -> dict:

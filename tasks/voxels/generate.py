@@ -23,7 +23,7 @@ every atom centre stays inside the ±4 Å box. For the 64³ (16 Å) grid pass e.
 Output (written atomically): ``--out X.pkl`` (MiDi pickle: a list of ``(smiles, [Mol, ...])``, one
 single-conformer Mol per conformer, explicit H), ``--out X.sdf`` (one record per conformer, title and
 ``smiles`` property = the SMILES), or ``--out X.h5``: the pickle is written next to it (``X.pkl``) and
-converted into the store ``X.h5`` by :func:`tasks.voxels.data.convert_to_store` — the pipeline real data
+converted into the store ``X.h5`` by :func:`tasks.voxels.data.convert.convert_to_store` — the pipeline real data
 goes through. The store's attributes record the generator settings and counts.
 
     python -m tasks.voxels.generate --out data/geom_embedded.h5 --seed 0
@@ -49,10 +49,11 @@ import numpy as np
 
 from equivrepro.atomic import atomic_path, atomic_write
 from equivrepro.molecules import bundled_molecules
+from tasks.voxels.data.convert import convert_to_store
 
 log = logging.getLogger("tasks.voxels.generate")
 
-__all__ = ["GeneratorConfig", "candidate_smiles", "embed_molecule", "generate", "main"]
+__all__ = ["GeneratorConfig", "EmbeddedFile", "embedded_file", "candidate_smiles", "embed_molecule", "generate", "main"]
 
 
 @dataclass
@@ -187,8 +188,6 @@ def generate(out: str | Path, cfg: GeneratorConfig) -> dict:
     elif suffix == ".sdf":
         _write_sdf(out, data)
     elif suffix == ".h5":
-        from tasks.voxels.data import convert_to_store
-
         raw = out.with_suffix(".pkl")
         _write_pickle(raw, data)
         summary["raw"] = str(raw)
@@ -198,6 +197,24 @@ def generate(out: str | Path, cfg: GeneratorConfig) -> dict:
         raise ValueError(f"--out must end in .pkl, .pickle, .sdf or .h5, got {out}")
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+@dataclass
+class EmbeddedFile:
+    """The embedded data file at its default location and the settings that make it; calling it generates
+    ``path`` (the data module does so only when ``data.path`` is this path and it is missing). Built by
+    Hydra from the ``generate:`` node of the embedded data config (:func:`embedded_file`)."""
+
+    path: str
+    config: GeneratorConfig
+
+    def __call__(self) -> dict:
+        return generate(self.path, self.config)
+
+
+def embedded_file(path: str, **settings) -> EmbeddedFile:
+    """``EmbeddedFile(path, GeneratorConfig(**settings))`` (the ``_target_`` of ``data.generate``)."""
+    return EmbeddedFile(str(path), GeneratorConfig(**settings))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import h5py
 import numpy as np
@@ -12,14 +12,25 @@ WATER_Z = np.array([8, 1, 1])
 METHANOL_Z = np.array([6, 8, 1, 1, 1, 1])
 
 
+def spread_atoms(rng: np.random.Generator, n: int, spacing: float) -> np.ndarray:
+    """``(n, 3)`` random positions on distinct sites of a jittered cubic lattice: no two atoms closer than
+    0.8 · ``spacing`` (physically plausible geometries for the readers' shortest-distance check)."""
+    sites = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    chosen = sites[rng.choice(len(sites), size=n, replace=False)].astype(np.float64)
+    return (chosen + rng.uniform(-0.1, 0.1, size=(n, 3))) * spacing
+
+
 def molecule(z: np.ndarray, m: int, seed: int, energy_ha: float = -76.4) -> dict[str, np.ndarray]:
-    """``m`` conformers of a molecule with atomic numbers ``z``: arrays in SPICE units (bohr, Ha, Ha/bohr)."""
+    """``m`` conformers of a molecule with atomic numbers ``z``: arrays in SPICE units (bohr, Ha, Ha/bohr).
+
+    Atoms are ≥ 2.4 bohr apart before the per-conformer displacement (≤ 0.2 bohr per coordinate), so every
+    conformer is ≥ 1.7 bohr ≈ 0.9 Å from a clash."""
     rng = np.random.default_rng(seed)
     n = len(z)
-    base = rng.normal(0.0, 1.5, size=(n, 3))
+    base = spread_atoms(rng, n, 3.0)
     return {
         "atomic_numbers": np.asarray(z, dtype=np.int16),
-        "conformations": (base + rng.normal(0.0, 0.1, size=(m, n, 3))).astype(np.float32),
+        "conformations": (base + np.clip(rng.normal(0.0, 0.1, size=(m, n, 3)), -0.2, 0.2)).astype(np.float32),
         "dft_total_energy": energy_ha + rng.normal(0.0, 0.01, size=m),
         "dft_total_gradient": rng.normal(0.0, 0.02, size=(m, n, 3)).astype(np.float32),
     }
@@ -49,7 +60,8 @@ def standard_groups(n_molecules: int = 6, m: int = 3) -> dict[str, dict[str, np.
     return out
 
 
-def write_extxyz(path: Path, frames: list[dict], energy_key: str = "energy", forces_key: str = "forces", extra: str = 'config_type="PubChem"') -> Path:
+def write_extxyz(path: Path, frames: list[dict], energy_key: str = "energy", forces_key: str = "forces",
+                 extra: str = 'config_type="PubChem"') -> Path:
     """Frames ``{"symbols": [...], "pos": (N,3) Å, "forces": (N,3) eV/Å, "energy": eV}`` in MACE-OFF's layout."""
     lines = []
     for fr in frames:
@@ -69,7 +81,7 @@ def xyz_frames(n: int, seed: int = 0) -> list[dict]:
         symbols = ["O", "H", "H"] if i % 2 == 0 else ["C", "O", "H", "H", "H", "H"]
         frames.append({
             "symbols": symbols,
-            "pos": rng.normal(0, 1.0, size=(len(symbols), 3)),
+            "pos": spread_atoms(rng, len(symbols), 1.2),  # Å, ≥ 0.96 Å apart
             "forces": rng.normal(0, 1.0, size=(len(symbols), 3)),
             "energy": float(-2080.0 + rng.normal()),
         })

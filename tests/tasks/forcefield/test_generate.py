@@ -92,3 +92,9 @@ def test_mmff_fallback_is_in_hartree_and_hartree_per_bohr():
     xm[1, 1] -= h
     fd_per_bohr = (G._mmff(mol, props, xp)[0] - G._mmff(mol, props, xm)[0]) / (2 * h / BOHR_TO_ANGSTROM)
     assert abs(grad[1, 1]) > 1e-4 and abs(fd_per_bohr - grad[1, 1]) < 1e-6
+
+
+def test_embedded_file_carries_the_default_path_and_generator_settings(tmp_path):
+    target = G.embedded_file(str(tmp_path / "spice_embedded.h5"), seed=5, n_molecules=3)
+    assert isinstance(target, G.EmbeddedFile) and target.path == str(tmp_path / "spice_embedded.h5")
+    assert target.config == G.GeneratorConfig(seed=5, n_molecules=3) and not (tmp_path / "spice_embedded.h5").exists()

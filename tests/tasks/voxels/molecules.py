@@ -9,15 +9,31 @@ import numpy as np
 from rdkit import Chem
 
 
+def spread_points(rng: np.random.Generator, n: int, scale: float, min_distance: float = 0.7) -> np.ndarray:
+    """``(n, 3)`` Gaussian points of std ``scale`` (Å), redrawn until no two are closer than ``min_distance``
+    (physically plausible for the readers' shortest-distance check); the spread grows if a point cannot be placed."""
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        for _ in range(100):
+            p = rng.normal(0.0, scale, size=3)
+            if all(np.linalg.norm(p - q) >= min_distance for q in out):
+                out.append(p)
+                break
+        else:
+            scale *= 1.2
+    return np.array(out).reshape(n, 3)
+
+
 def conformer_mols(smiles: str, n_conformers: int, seed: int, scale: float = 1.2) -> list[Chem.Mol]:
-    """``n_conformers`` single-conformer copies of ``smiles`` (explicit H) at random coordinates (Å)."""
+    """``n_conformers`` single-conformer copies of ``smiles`` (explicit H) at random coordinates (Å, no two
+    atoms closer than 0.7 Å)."""
     base = Chem.AddHs(Chem.MolFromSmiles(smiles))
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n_conformers):
         m = Chem.Mol(base)
         conf = Chem.Conformer(m.GetNumAtoms())
-        for i, p in enumerate(rng.normal(0.0, scale, size=(m.GetNumAtoms(), 3))):
+        for i, p in enumerate(spread_points(rng, m.GetNumAtoms(), scale)):
             conf.SetAtomPosition(i, p.tolist())
         m.AddConformer(conf, assignId=True)
         out.append(m)

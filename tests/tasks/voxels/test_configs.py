@@ -30,19 +30,26 @@ def test_task_config_composes_and_builds():
     assert isinstance(dm, VoxelDataModule) and dm.path.endswith("geom_embedded.h5")
     assert task.voxelizer.grid_size == 32 and task.sigma == 0.9 and task.reduction == "sum"
     assert model.n_elements == task.voxelizer.n_channels == dm.n_channels == 8
-    assert cfg.optim.lr == 2e-5 and list(cfg.optim.betas) == [0.99, 0.999] and cfg.optim.weight_decay == 0.01
-    assert cfg.trainer.ema_decay == 0.999 and cfg.equivariance.k == 4 and cfg.equivariance.floor and cfg.equivariance.cube_group
+    # the channel count follows the data: fewer elements → fewer channels in task and model alike
+    three = compose_config(["task=voxels", "logger=none", "data.elements=[C,H,O]"])
+    assert three.task.n_channels == three.model.n_elements == 3
+
+
+def test_smoke_experiment_has_the_voxmol_recipe_shape():
+    cfg = compose_config(["experiment=voxels_smoke", "logger=none"])
+    assert list(cfg.optim.betas) == [0.99, 0.999] and cfg.optim.weight_decay == 0.01 and cfg.trainer.grad_clip is None
+    assert cfg.equivariance.floor and cfg.equivariance.k >= 3
 
 
 def test_paper_experiment_config():
-    paper = compose_config(["task=voxels", "experiment=voxels_paper", "logger=none", "data.root=/geom"])
+    paper = compose_config(["experiment=voxels_paper", "logger=none", "data.root=/geom"])
     assert paper.model.width == 32 and list(paper.model.ch_mults) == [1, 2, 2, 4] and paper.model.n_blocks == 2
     assert paper.task.grid_size == 64 and paper.task.n_channels == 8 and paper.model.n_elements == 8
     assert paper.trainer.batch_size == 64 and paper.trainer.precision == "32" and paper.trainer.ema_decay == 0.999
     assert paper.data.path == "train_data.pickle" and paper.data.heldout_path == "val_data.pickle" and paper.data.root == "/geom"
-    assert paper.optim.lr == 2e-5 and paper.equivariance.k == 4
+    assert paper.optim.lr == 2e-5 and list(paper.optim.betas) == [0.99, 0.999] and paper.equivariance.k == 4
     for size, width in (("voxunet_28m", 16), ("voxunet_7m", 8)):
-        assert compose_config(["task=voxels", "experiment=voxels_paper", f"model={size}", "logger=none"]).model.width == width
+        assert compose_config(["experiment=voxels_paper", f"model={size}", "logger=none"]).model.width == width
 
 
 def test_one_harness_style_step_on_a_converted_pickle(small_pickle):
@@ -67,10 +74,12 @@ def test_harness_trains_and_decomposes_the_voxel_task(small_pickle, tmp_path):
         "task=voxels", "logger=none", f"paths.runs_dir={tmp_path}", "trainer.progress_bar=false",
         f"data.path={small_pickle}", "data.heldout_size=2", "~data.generate", "task.grid_size=16",
         "trainer.max_steps=3", "trainer.batch_size=2", "trainer.checkpoint_every=3",
-        "equivariance.every=3", "equivariance.num_samples=2", "equivariance.k=2", "equivariance.batch_size=2",
+        "equivariance.every=3", "equivariance.num_samples=2", "equivariance.k=3", "equivariance.batch_size=2",
+        "equivariance.floor=true", "equivariance.cube_group=true", "equivariance.baseline_samples=4", "equivariance.spectrum_l_max=4",
     ]))
     m = out["metrics"]
     assert out["step"] == 3
     assert math.isfinite(m["equiv/denoise/pct"]) and m["equiv/denoise/total"] > 0
-    assert m["equiv_floor/denoise/equiv"] > 0  # trilinear resampling floor of the oracle
+    assert "equiv_floor/denoise/equiv" in m and m["equiv/denoise/baseline_total"] > 0  # the fitted isotropic filter through the path
     assert 0 <= m["equiv_cube/denoise/pct"] < 1
+    assert "spectrum/denoise/l=4" in m

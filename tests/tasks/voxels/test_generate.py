@@ -47,3 +47,22 @@ def test_same_seed_same_data_and_sdf_output(tmp_path):
     other = generate(tmp_path / "d.pkl", GeneratorConfig(seed=2, n_molecules=4, n_conformers=2))
     with open(tmp_path / "d.pkl", "rb") as fh:
         assert len(pickle.load(fh)) == other["molecules"] == 4
+
+
+def test_embedded_file_generates_its_own_path(tmp_path):
+    from tasks.voxels.generate import EmbeddedFile, embedded_file
+
+    target = embedded_file(str(tmp_path / "geom_embedded.h5"), seed=2, n_molecules=2, n_conformers=1)
+    assert isinstance(target, EmbeddedFile) and target.config == GeneratorConfig(seed=2, n_molecules=2, n_conformers=1)
+    summary = target()
+    assert summary["molecules"] == 2 and len(VoxelStore(target.path)) >= 1
+
+
+def test_the_data_package_does_not_import_the_generator():
+    """The import circle is broken: generate → data.convert, never data → generate."""
+    import subprocess
+    import sys
+
+    code = "import sys, tasks.voxels.data; print('tasks.voxels.generate' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
