@@ -58,10 +58,14 @@ class ForceFieldTask(Task):
 
     Args:
         energy_mean, energy_std: energy normaliser [eV] (EScAIP on MACE-OFF SPICE: −140.8036, 69.1667 with
-            isolated-atom references; the embedded data stores its own in the file attributes).
-        force_std: force normaliser [eV/Å] (1.0758 on MACE-OFF SPICE).
+            isolated-atom references). ``None`` (default): taken from the training split of the data actually
+            used (:meth:`bind_data`, from ``datamodule.statistics()``).
+        force_std: force normaliser [eV/Å] (1.0758 on MACE-OFF SPICE); ``None``: the training split's force RMS.
         energy_coef, force_coef: loss coefficients (4 and 100 upstream).
     """
+
+    #: an explicit normaliser further than this factor from the data's own value is reported
+    MISMATCH_FACTOR = 2.0
 
     name = "forcefield"
     terms = (
@@ -70,12 +74,46 @@ class ForceFieldTask(Task):
         LossTerm("energy", energy_se, quadratic=True),
     )
 
-    def __init__(self, energy_mean: float = 0.0, energy_std: float = 1.0, force_std: float = 1.0,
+    def __init__(self, energy_mean: float | None = None, energy_std: float | None = None, force_std: float | None = None,
                  energy_coef: float = 4.0, force_coef: float = 100.0):
-        if energy_std <= 0 or force_std <= 0:
-            raise ValueError(f"normalisers must be positive (energy_std={energy_std}, force_std={force_std})")
-        self.energy_mean, self.energy_std, self.force_std = float(energy_mean), float(energy_std), float(force_std)
+        for name, v in (("task.energy_std", energy_std), ("task.force_std", force_std)):
+            if v is not None and not float(v) > 0:
+                raise ValueError(f"{name} must be positive or null (from the data), got {v}")
+        self._explicit = {"energy_mean": energy_mean, "energy_std": energy_std, "force_std": force_std}
+        # unbound normalisers stay at the identity until bind_data (tests and tools that build a task by hand)
+        self.energy_mean = float(energy_mean) if energy_mean is not None else 0.0
+        self.energy_std = float(energy_std) if energy_std is not None else 1.0
+        self.force_std = float(force_std) if force_std is not None else 1.0
         self.energy_coef, self.force_coef = float(energy_coef), float(force_coef)
+
+    # --- normalisers from the data ------------------------------------------------------------------
+    def bind_data(self, statistics) -> dict[str, object]:
+        """Unset normalisers ← the training split's ``energy_mean``, ``energy_std`` [eV] and ``force_rms`` [eV/Å];
+        explicit ones are kept and compared: one further than :attr:`MISMATCH_FACTOR` from the data's value is
+        returned under ``mismatch`` (the harness logs it and writes it to ``status.json``)."""
+        from_data = {"energy_mean": statistics.get("energy_mean"), "energy_std": statistics.get("energy_std"),
+                     "force_std": statistics.get("force_rms")}
+        record: dict[str, object] = {"normalisers": {}, "from_data": [], "mismatch": {}}
+        for name, explicit in self._explicit.items():
+            data_value = from_data[name]
+            if explicit is None:
+                if data_value is None:
+                    raise ValueError(f"task.{name} is null (take it from the data) but the data module reports no "
+                                     f"{name if name != 'force_std' else 'force_rms'}: set task.{name} explicitly")
+                if name != "energy_mean" and not float(data_value) > 0:
+                    raise ValueError(f"the training split's {name} is {data_value}: cannot normalise by it; set task.{name}")
+                setattr(self, name, float(data_value))
+                record["from_data"].append(name)
+            elif data_value is not None and self._mismatch(name, float(explicit), float(data_value), from_data["energy_std"]):
+                record["mismatch"][name] = {"config": float(explicit), "data": float(data_value)}
+            record["normalisers"][name] = getattr(self, name)
+        return record
+
+    def _mismatch(self, name: str, explicit: float, data: float, data_energy_std: float | None) -> bool:
+        """A scale off by more than the factor either way; the energy mean off by more than factor × the data's σ_E."""
+        if name == "energy_mean":
+            return data_energy_std is not None and abs(explicit - data) > self.MISMATCH_FACTOR * float(data_energy_std)
+        return data > 0 and max(explicit / data, data / explicit) > self.MISMATCH_FACTOR
 
     # --- group action ---------------------------------------------------------------------------
     def rotate_batch(self, batch: Batch, rotations: torch.Tensor) -> Batch:
@@ -123,3 +161,9 @@ class ForceFieldTask(Task):
 
     def null_prediction(self, batch: Batch) -> Prediction:
         return {"energy": torch.zeros_like(batch["energy"]), "forces": torch.zeros_like(batch["forces"])}
+
+    def make_baseline(self):
+        """The pairwise radial force field and pair energy (:class:`tasks.forcefield.baseline.PairRadialBaseline`), unfitted."""
+        from tasks.forcefield.baseline import PairRadialBaseline
+
+        return PairRadialBaseline()
