@@ -1,14 +1,14 @@
 """Generate Cα backbones with the Euler ODE sampler and write them as PDB files (for a visual check).
 
-From a training checkpoint (EMA weights by default)::
+From a run (its last checkpoint, EMA weights by default) or any checkpoint file::
 
-    python scripts/sample_backbones.py --checkpoint runs/flowmatching-<id>/checkpoints/last.pt \
-        --lengths 100 150 --num 2 --steps 400 --out samples/
+    python -m tasks.flowmatching.sample --run-dir runs/smoke/flowmatching_smoke-<id> --lengths 100 150 --num 2 --steps 400 --out samples/
+    python -m tasks.flowmatching.sample --checkpoint runs/smoke/flowmatching_smoke-<id>/checkpoints/step_00000500.pt --lengths 100
 
 or from a freshly initialised model of a config in ``configs/model/`` (an untrained model gives noise-like
 traces; useful to check the pipeline)::
 
-    python scripts/sample_backbones.py --model proteina_tiny --lengths 80 --steps 50 --out samples/
+    python -m tasks.flowmatching.sample --model proteina_tiny --lengths 80 --steps 50 --out samples/
 
 Each file ``<out>/sample_<i>_len<L>.pdb`` holds one CA-only chain in Å. The script prints the mean
 consecutive Cα–Cα distance of each sample (3.8 Å in real proteins).
@@ -17,18 +17,17 @@ consecutive Cα–Cα distance of each sample (3.8 Å in real proteins).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from equivrepro.runs import RunDir
+from equivrepro.train.app import CONFIG_DIR
+from tasks.flowmatching.flow import euler_sample, write_ca_pdb
 
-from tasks.flowmatching.flow import euler_sample, write_ca_pdb  # noqa: E402
+__all__ = ["load_model", "main"]
 
 
 def load_model(checkpoint: str | None, model_name: str | None, weights: str = "ema", seed: int = 0) -> torch.nn.Module:
@@ -41,7 +40,7 @@ def load_model(checkpoint: str | None, model_name: str | None, weights: str = "e
         sd = state.get("ema") if weights == "ema" and state.get("ema") is not None else state["model"]
         model.load_state_dict(sd)
         return model.eval()
-    path = ROOT / "configs" / "model" / f"{model_name}.yaml"
+    path = Path(CONFIG_DIR) / "model" / f"{model_name}.yaml"
     if not path.is_file():
         raise SystemExit(f"no model config {path}")
     torch.manual_seed(seed)
@@ -51,7 +50,8 @@ def load_model(checkpoint: str | None, model_name: str | None, weights: str = "e
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="a run's checkpoints/last.pt")
+    src.add_argument("--run-dir", help="a run directory (its last checkpoint)")
+    src.add_argument("--checkpoint", help="a checkpoint file of a run (last.pt or a step snapshot)")
     src.add_argument("--model", help="a config name in configs/model/ (fresh, untrained weights)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
     p.add_argument("--lengths", type=int, nargs="+", default=[100])
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
-    model = load_model(args.checkpoint, args.model, args.weights, args.seed).to(device)
+    checkpoint = str(RunDir(args.run_dir).checkpoint()) if args.run_dir else args.checkpoint
+    model = load_model(checkpoint, args.model, args.weights, args.seed).to(device)
     dtype = next(model.parameters()).dtype
     gen = torch.Generator().manual_seed(args.seed)
     out_dir = Path(args.out)

@@ -1,8 +1,7 @@
-"""scripts/sample_backbones.py: from a fresh model config and from a harness-format checkpoint."""
+"""tasks.flowmatching.sample: from a fresh model config, a harness-format checkpoint and a run directory."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gemmi
@@ -13,10 +12,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("sample_backbones", ROOT / "scripts" / "sample_backbones.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tasks.flowmatching import sample
+
+    return sample
 
 
 def _ca_count(path: Path) -> int:
@@ -45,3 +43,8 @@ def test_sampling_from_a_checkpoint_uses_the_ema_weights(tmp_path):
     assert torch.equal(script.load_model(str(ckpt), None, "model").coords_out.weight, model.coords_out.weight)
     (path,) = script.main(["--checkpoint", str(ckpt), "--lengths", "30", "--steps", "2", "--self-conditioning", "--out", str(tmp_path / "s")])
     assert _ca_count(path) == 30
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt.rename(run / "checkpoints" / "last.pt")
+    (path,) = script.main(["--run-dir", str(run), "--lengths", "12", "--steps", "2", "--out", str(tmp_path / "r")])
+    assert _ca_count(path) == 12
