@@ -209,17 +209,19 @@ class DirectForceHead(nn.Module):
 
     ``out`` is the ``nn.Linear(H, 3)`` holding W (3 × H) and b (3,); the head is rotation-equivariant iff
     the three rows of W are equal and b₁ = b₂ = b₃ (then W φ + b is a scalar times (1, 1, 1)).
+    With ``tied=True`` the rows are tied by construction: ``out`` is ``nn.Linear(H, 1)``, w_ij = w·φ(e_ij) + b
+    broadcast over x, y, z, so F_i = m(h_i) Σ_j w_ij r̂_ij is exactly equivariant at the same cost.
     """
 
-    def __init__(self, hidden: int, multiplier: int, dropout: float):
+    def __init__(self, hidden: int, multiplier: int, dropout: float, tied: bool = False):
         super().__init__()
         self.ffn = FeedForward(hidden, multiplier, dropout)
-        self.out = nn.Linear(hidden, 3)
+        self.out = nn.Linear(hidden, 1 if tied else 3)
         self.magnitude = ScalarHead(hidden, multiplier, dropout)
 
     def forward(self, node, edge, graph: NeighborGraph):
         phi = edge + self.ffn(edge)  # (A, M, H)
-        w = self.out(phi)  # (A, M, 3)
+        w = self.out(phi)  # (A, M, 3), or (A, M, 1) broadcast over x, y, z when tied
         direction = (w * graph.direction.to(w.dtype) * graph.neighbor_mask.to(w.dtype)[..., None]).sum(1)  # (A, 3)
         return direction * self.magnitude(node)
 
@@ -269,8 +271,11 @@ class EScAIP(nn.Module):
 
     Everything up to the heads sees only invariants (distances, BOO, angle cosines, Z), so E is exactly
     rotation-invariant; the component-wise product in the force head (``force_head.out`` = W, b) is the
-    only symmetry-breaking operation. Outputs are in the model's own units; the task scales them
-    (``energy_std · E + energy_mean`` eV, ``force_std · F`` eV/Å).
+    only symmetry-breaking operation. ``force_head_tied=True`` ties the three rows of W (and of b), which
+    makes F exactly equivariant at no extra cost (2H + 2 parameters fewer):
+    :math:`F_i = m(h^{\mathrm{out}}_i) \sum_j (w^\top \phi(m^{\mathrm{out}}_{ij}) + b)\,\hat r_{ij}`.
+    Outputs are in the model's own units; the task scales them (``energy_std · E + energy_mean`` eV,
+    ``force_std · F`` eV/Å).
 
     Args:
         hidden_size, num_layers, num_heads: H, L and attention heads (6M: 128, 6, 8).
@@ -285,6 +290,7 @@ class EScAIP(nn.Module):
         force_head_gain: xavier gain of the force head's direction linear ``force_head.out`` (1: plain
             xavier; < 1 starts the forces small while the magnitude MLP stays O(1), so training does not
             begin by collapsing both factors of F = direction · magnitude towards the zero-force saddle).
+        force_head_tied: tie the three rows of the force head's direction linear (exactly equivariant forces).
     """
 
     def __init__(
@@ -308,6 +314,7 @@ class EScAIP(nn.Module):
         energy_reduce: str = "mean",
         energy_head_gain: float = 0.01,
         force_head_gain: float = 1.0,
+        force_head_tied: bool = False,
     ):
         super().__init__()
         if energy_reduce not in ("mean", "sum"):
@@ -329,7 +336,7 @@ class EScAIP(nn.Module):
         self.readouts = nn.ModuleList(Readout(hidden_size, readout_multiplier, mlp_dropout) for _ in range(num_layers + 1))
         self.output_projection = OutputProjection(hidden_size, num_layers + 1)
         self.energy_head = ScalarHead(hidden_size, output_multiplier, mlp_dropout)
-        self.force_head = DirectForceHead(hidden_size, output_multiplier, mlp_dropout)
+        self.force_head = DirectForceHead(hidden_size, output_multiplier, mlp_dropout, tied=bool(force_head_tied))
         self.reset_parameters(energy_head_gain, force_head_gain)
 
     def reset_parameters(self, energy_head_gain: float = 0.01, force_head_gain: float = 1.0) -> None:
@@ -391,7 +398,7 @@ class EScAIP(nn.Module):
     def extra_repr(self) -> str:
         h = self.hparams
         return (f"hidden={h['hidden_size']}, layers={h['num_layers']}, heads={h['num_heads']}, cutoff={h['cutoff']} Å, "
-                f"k={h['max_neighbors']}, energy_reduce={h['energy_reduce']}")
+                f"k={h['max_neighbors']}, energy_reduce={h['energy_reduce']}, force_head_tied={h['force_head_tied']}")
 
 
 def parameter_count(**kwargs) -> int:

@@ -117,3 +117,19 @@ def test_backward_reaches_every_parameter_and_bf16_autocast_runs(gen):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch["pos"], batch["z"], batch["mask"])
     assert out["energy"].dtype == torch.float32 and torch.isfinite(out["forces"]).all()
+
+
+def test_tied_force_head_is_exactly_equivariant_and_costs_two_rows_fewer(gen):
+    """``force_head_tied``: one shared direction row, pct at round-off through the harness from initialisation
+    (no rows to equalise), 2H + 2 parameters fewer; the presets count 159,043 (tiny) … 6,136,967 (6M)."""
+    task, batch = ForceFieldTask(), molecules(gen)
+    tied = _model(force_head_tied=True)
+    assert tied.force_head.out.weight.shape == (1, TINY["hidden_size"])
+    dec = twirl_decomposition(tied, task, batch, haar_rotations(6, generator=gen, dtype=torch.float64))
+    assert abs(float(dec["forces"].pct)) < 1e-25 and float(dec["forces"].total.mean()) > 0
+    assert float(twirl_decomposition(_model(), task, batch, haar_rotations(6, generator=gen, dtype=torch.float64))["forces"].pct) > 1e-3
+    assert parameter_count(**TINY) - parameter_count(**TINY, force_head_tied=True) == 2 * TINY["hidden_size"] + 2
+    presets = [("escaip_tied_tiny", 159_043), ("escaip_tied_1m", 997_762), ("escaip_tied_4m", 3_974_598), ("escaip_tied_6m", 6_136_967)]
+    for name, n in presets:
+        kwargs = _model_kwargs(name)
+        assert kwargs["force_head_tied"] is True and parameter_count(**kwargs) == n, name
