@@ -33,6 +33,7 @@ NON_IDENTITY_KEYS = (
     "trainer.snapshot_steps",
     "trainer.checkpoint_every",
     "trainer.interrupt_after_step",
+    "trainer.profile_compute",
 )
 
 

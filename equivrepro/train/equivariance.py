@@ -184,8 +184,8 @@ class EquivarianceCallback:
             total = out.get(str(k))
             for ref, rel in (("null_total", "total_rel_null"), ("baseline_total", "total_rel_baseline")):
                 v = out.get(str(k.with_(quantity=ref)))
-                if v is not None and total is not None:
-                    out[str(k.with_(quantity=rel))] = total / v if v > 0 else float("nan")
+                if v is not None and total is not None and v > 0:  # an exact reference (loss 0) has no ratio
+                    out[str(k.with_(quantity=rel))] = total / v
             fe = out.get(keys.key(keys.FLOOR, term.name, "equiv", suffix))
             if fe is not None and total:
                 out[str(k.with_(quantity="pct_net"))] = (out[str(k.with_(quantity="equiv"))] - fe) / total

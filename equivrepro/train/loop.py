@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from equivrepro.compute import profile_compute
 from equivrepro.metrics import keys
 from equivrepro.rotations import haar_rotations
 from equivrepro.runs import RunDir
@@ -204,6 +205,14 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
                                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
             status("running", step)
         barrier(dist_info)
+
+    if dist_info.is_main and tcfg.get("profile_compute", True):
+        # parameters, FLOPs and seconds per step and per inference, so any two runs share a compute axis
+        # (restores the model, its gradients and the RNG: the run is unchanged)
+        first = to_device(datamodule.collate([datamodule.train_dataset[i] for i in range(min(int(tcfg.batch_size), len(datamodule.train_dataset)))]),
+                          device)
+        profile = profile_compute(task, model, first, autocast=lambda: _autocast(device, precision), flop_steps=4)
+        loggers.log(start_step, profile.metrics())
 
     snapshot_steps = {int(s) for s in (tcfg.get("snapshot_steps") or [])}
     last: dict[str, float] = {}

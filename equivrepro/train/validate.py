@@ -69,7 +69,7 @@ _RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "max_steps": _int(1), "batch_size": _int(1), "grad_clip": _float(0, open_lo=True, nullable=True),
         "ema_decay": _float(0, 1, open_lo=True, open_hi=True, nullable=True), "augment": _bool, "precision": _choice(PRECISIONS),
         "num_workers": _int(0), "log_every": _int(1), "checkpoint_every": _int(1), "progress_bar": _bool, "deterministic": _bool,
-        "interrupt_after_step": _int(1, nullable=True),
+        "interrupt_after_step": _int(1, nullable=True), "profile_compute": _bool,
     },
     "equivariance": {
         "every": _int(0), "log_points": _int(0), "num_samples": _int(1), "k": _int(2), "chunk_size": _int(1, nullable=True),

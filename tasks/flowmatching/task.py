@@ -135,6 +135,12 @@ class FlowMatchingTask(Task):
         """The zero velocity field."""
         return {"v": torch.zeros_like(batch["x1"])}
 
+    def make_baseline(self):
+        """``v̂ = c·x_t`` (:func:`tasks.flowmatching.baseline.make_velocity_baseline`), unfitted; fit one per flow time."""
+        from tasks.flowmatching.baseline import make_velocity_baseline
+
+        return make_velocity_baseline()
+
     # ---- training --------------------------------------------------------------------------------
     def training_loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Proteina's training step on an (already rotated) batch: re-centre, draw ``x0`` and ``t``,

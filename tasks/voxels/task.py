@@ -1,7 +1,9 @@
 """The voxel-denoising task (VoxMol): denoise a Gaussian-smoothed voxel grid of a molecule.
 
 Batch: ``coords (B, N, 3)`` Å (centred), ``elements (B, N)`` long channel index, ``mask (B, N)`` bool;
-evaluation batches add the frozen noise ``noise (B, C, L, L, L)`` (unit variance). Prediction and
+evaluation batches add the frozen noise ``noise (B, C, L, L, L)`` (unit variance), and batches made by
+:meth:`VoxelDenoisingTask.rotate_model_input` carry the noisy grid ``noisy (B, C, L, L, L)`` instead of
+``coords`` and ``noise``. Prediction and
 target: ``{"grid": (B, C, L, L, L)}``, occupancies in [0, 1] for the target.
 
 Training (VoxMol's recipe): the harness has already rotated each molecule (Haar) through
@@ -13,21 +15,44 @@ the batch (``reduction='sum'``, ``MSELoss(reduction='sum')`` upstream) or averag
 
 **Group action.** Rotations act on the molecule *before* voxelisation, so the clean input and the
 target of a rotated batch are exact: ``targets(R·b) = voxelize(R x)``. The frozen noise grid is rotated
-with :func:`equivrepro.rotations.rotate_grid` — an exact index permutation for the 24 cube rotations,
-trilinear resampling otherwise (``noise_rotation='bilinear'``). Resampling smooths white noise: for a
-generic rotation each rotated voxel is a trilinear blend of 8 voxels, so its variance drops to
-``E[Π_axes (t² + (1−t)²)] ≈ (2/3)³ ≈ 0.3`` of σ², and voxels whose source lies outside the box get no
-noise. The network therefore sees a different noise distribution at non-cube rotations, which counts as
-equivariance error; ``noise_rotation='nearest'`` copies the nearest voxel instead (variance preserved,
-some voxels duplicated). Predictions are brought back with ``rotate_grid(pred, Rᵀ)`` (trilinear), which
-also smooths: the **resampling floor** below.
+with :func:`equivrepro.rotations.rotate_grid` in mode ``noise_rotation`` and predictions are brought back
+in mode ``output_rotation``; both default to ``'fft'``, the real orthogonal Fourier-shear operator ``O(R)``
+(:func:`equivrepro.rotations.fft_rotate_grid`): rotated white noise is white noise with variance σ² in
+every voxel (the network is scored on inputs distributed like its training inputs), and predictions come
+back through the exact inverse ``O(R)⁻¹`` (``rotate_grid(..., inverse=True)``; the identity denoiser's pct
+is then exactly 0). The old modes stay available: ``'bilinear'`` (trilinear resampling: rotated noise keeps
+only ≈ (2/3)³ ≈ 0.3 of its variance in the interior and none in the corners, and rotating back by ``Rᵀ``
+smooths) and ``'nearest'``. The 24 cube rotations are exact index permutations in every mode.
 
-**Resampling floor.** The perfect denoiser (the oracle predictor :meth:`targets`) is equivariant, but
-rotating its output back by trilinear resampling is not exact, so its decomposition under Haar
-rotations has ``L_equiv > 0``; under the cube group it is exactly 0 (pure permutations, and the
-voxeliser is exactly covariant under them, see :mod:`tasks.voxels.voxelizer`). The harness computes it
-generically (``equivariance.floor`` with ``task.targets`` as predictor, ``equivariance.cube_group``);
-:meth:`VoxelDenoisingTask.resampling_floor` does the same for one batch.
+**What the two pct measure.** Under the 24 cube rotations (``equiv_cube/…``) nothing is resampled at
+all — noise, clean grid and prediction are permuted bit for bit and the voxeliser is exactly covariant —
+so that pct has no floor (0 to round-off for any cube-equivariant denoiser) but sees only the cube
+subgroup: the co-headline for voxels. Under Haar rotations (``equiv/…``) pct is the model's equivariance
+error *plus the instrument's floor*, and no grid path removes the floor: a rotated cube does not fit the
+cube, so the box's corners (outside the inscribed ball, 47 % of the voxels) are wrapped (``'fft'``) or
+blanked (``'bilinear'``), and sinc interpolation rings on predictions with kinks. Measured on the embedded
+molecules (32³, σ = 0.9, 16 held-out × 4 rotations; "noise / output" modes):
+
+=====================================  ===============  ===========  =============  ==========  =========
+denoiser                               bilinear/bilin.  fft / fft    fft / bilinear cube group  L/L_null
+=====================================  ===============  ===========  =============  ==========  =========
+blur (1 voxel) → threshold → clamp     0.16 %           1.68 %       0.46 %         0           0.87
+isotropic linear filter (baseline)     0.63 %           1.75 %       —              ~1e-30      0.92
+tiny U-Net, 400 smoke steps            1.59 %           1.78 %       1.15 %         1.04 %      0.70
+=====================================  ===============  ===========  =============  ==========  =========
+
+So the fft path fixes the input distribution and the round trip, but at smoke scale its Haar pct of the
+U-Net is at the level of exactly equivariant denoisers (60 % of the thresholding filter's L_equiv lies in
+the corners); ``output_rotation='bilinear'`` with ``noise_rotation='fft'`` has the lowest floor for
+denoisers with kinked outputs. The harness reports the Haar pct net of the floor of the task's fitted
+baseline (:meth:`make_baseline`) through the same path; the floor depends on the predictor (a linear filter
+responds to the noise in the corners, a thresholding one much less), so read the net value as indicative and
+the cube-group pct as the exact statement.
+
+**Deployed path.** A deployed denoiser has only the noisy grid, so the test-time twirl
+(:class:`equivrepro.metrics.TwirledPredictor`, through :meth:`rotate_model_input`) rotates the noisy
+grid ``y = x + σ ε`` itself with ``O(R)`` and never re-voxelises the clean atoms; :meth:`predict` uses a
+precomputed ``noisy (B, C, L, L, L)`` grid whenever the batch carries one.
 
 Terms: ``denoise`` — per-sample sum over voxels and channels of (x̂ − x)² (quadratic → exact
 U-statistics). Null predictor (``null_predictor``): ``'zeros'`` (default; the empty grid, loss = Σ x²,
@@ -39,12 +64,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from equivrepro.metrics import TermDecomposition, twirl_decomposition
-from equivrepro.rotations import rotate_grid, rotate_points
+from equivrepro.rotations import GRID_ROTATION_MODES, rotate_grid, rotate_points
 from equivrepro.task import Batch, LossTerm, Prediction, Task
 from tasks.voxels.voxelizer import Voxelizer
 
-__all__ = ["VoxelDenoisingTask", "denoise_sse"]
+__all__ = ["VoxelDenoisingTask", "denoise_sse", "BASELINES"]
+
+#: ``baseline`` option → keyword arguments of :class:`tasks.voxels.baseline.IsotropicFilterBaseline`.
+BASELINES = {
+    "isotropic_filter": {},
+    "thresholded_filter": {"cross_channel": False, "thresholds": (1.0, 2.0, 3.0, 4.0, 6.0)},
+}
 
 
 def denoise_sse(pred: Prediction, target: Prediction, batch: Batch) -> torch.Tensor:
@@ -60,20 +90,28 @@ class VoxelDenoisingTask(Task):
         resolution: voxel edge, Å (0.25); radius: atom radius, Å (0.5); window: voxelisation half-width in voxels (5).
         sigma: noise standard deviation (0.9); shift: training translation U(−shift, shift) Å per axis (0.5).
         reduction: ``'sum'`` (VoxMol) or ``'mean'`` (over all voxels, channels and samples).
-        noise_rotation: ``'bilinear'`` (trilinear resampling) or ``'nearest'`` for the frozen evaluation noise.
+        noise_rotation: how the frozen evaluation noise (and a carried noisy grid) is rotated: ``'fft'`` (orthogonal
+            Fourier shears, default), ``'bilinear'`` (trilinear resampling) or ``'nearest'``.
+        output_rotation: how predictions are rotated back: ``'fft'`` (the exact inverse of the Fourier-shear
+            operator, default), ``'bilinear'`` or ``'nearest'`` (resampling by ``Rᵀ``).
         null_predictor: ``'zeros'`` or ``'noisy_input'``.
+        baseline: the cheap equivariant baseline of :meth:`make_baseline`: ``'isotropic_filter'`` (the best isotropic
+            linear filter, default) or ``'thresholded_filter'`` (plus ramps of the blurred grid; much stronger, larger floor).
     """
 
     name = "voxels"
     terms = (LossTerm("denoise", denoise_sse, quadratic=True),)
 
     def __init__(self, n_channels: int = 8, grid_size: int = 64, resolution: float = 0.25, radius: float = 0.5, window: int = 5,
-                 sigma: float = 0.9, shift: float = 0.5, reduction: str = "sum", noise_rotation: str = "bilinear",
-                 null_predictor: str = "zeros"):
+                 sigma: float = 0.9, shift: float = 0.5, reduction: str = "sum", noise_rotation: str = "fft",
+                 output_rotation: str = "fft", null_predictor: str = "zeros", baseline: str = "isotropic_filter"):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        if noise_rotation not in ("bilinear", "nearest"):
-            raise ValueError(f"noise_rotation must be 'bilinear' or 'nearest', got {noise_rotation!r}")
+        for key, mode in (("noise_rotation", noise_rotation), ("output_rotation", output_rotation)):
+            if mode not in GRID_ROTATION_MODES:
+                raise ValueError(f"{key} must be one of {GRID_ROTATION_MODES}, got {mode!r}")
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {tuple(BASELINES)}, got {baseline!r}")
         if null_predictor not in ("zeros", "noisy_input"):
             raise ValueError(f"null_predictor must be 'zeros' or 'noisy_input', got {null_predictor!r}")
         if sigma <= 0:
@@ -81,7 +119,9 @@ class VoxelDenoisingTask(Task):
         self.voxelizer = Voxelizer(n_channels=int(n_channels), grid_size=int(grid_size), resolution=float(resolution),
                                    radius=float(radius), window=int(window))
         self.sigma, self.shift = float(sigma), float(shift)
-        self.reduction, self.noise_rotation, self.null_predictor = reduction, noise_rotation, null_predictor
+        self.reduction, self.null_predictor = reduction, null_predictor
+        self.noise_rotation, self.output_rotation = noise_rotation, output_rotation
+        self.baseline = baseline
 
     @property
     def grid_shape(self) -> tuple[int, int, int, int]:
@@ -94,18 +134,32 @@ class VoxelDenoisingTask(Task):
 
     # --- group action ---------------------------------------------------------------------------
     def rotate_batch(self, batch: Batch, rotations: torch.Tensor) -> Batch:
+        """Atoms rotated exactly (the clean grid is re-voxelised), ``noise`` / ``noisy`` grids by ``noise_rotation``."""
         out = dict(batch)
-        out["coords"] = rotate_points(batch["coords"], rotations)
-        if "noise" in batch:
-            out["noise"] = rotate_grid(batch["noise"], rotations, mode=self.noise_rotation)
+        if "coords" in batch:
+            out["coords"] = rotate_points(batch["coords"], rotations)
+        for key in ("noise", "noisy"):
+            if key in batch:
+                out[key] = rotate_grid(batch[key], rotations, mode=self.noise_rotation)
+        return out
+
+    def rotate_model_input(self, batch: Batch, rotations: torch.Tensor) -> Batch:
+        """What a deployed denoiser can rotate: the noisy grid only. Returns the batch with ``noisy`` =
+        ``rotate_grid(y, R, noise_rotation)`` (``y`` the carried ``noisy`` grid, else ``voxelize(coords) + σ noise``)
+        and without ``coords`` / ``noise``, so nothing downstream can re-voxelise the clean atoms."""
+        out = {key: v for key, v in batch.items() if key not in ("coords", "noise", "noisy")}
+        out["noisy"] = rotate_grid(self.noisy_input(batch), rotations, mode=self.noise_rotation)
         return out
 
     def unrotate_prediction(self, pred: Prediction, rotations: torch.Tensor) -> Prediction:
-        return {"grid": rotate_grid(pred["grid"], rotations.transpose(-1, -2))}
+        return {"grid": rotate_grid(pred["grid"], rotations, mode=self.output_rotation, inverse=True)}
 
     # --- model ------------------------------------------------------------------------------------
     def noisy_input(self, batch: Batch) -> torch.Tensor:
-        """``voxelize(coords) + σ · noise`` for an evaluation batch (one with a frozen ``noise`` grid)."""
+        """The carried ``noisy`` grid if there is one, else ``voxelize(coords) + σ · noise`` for an evaluation
+        batch (one with a frozen ``noise`` grid)."""
+        if "noisy" in batch:
+            return batch["noisy"]
         if "noise" not in batch:
             raise KeyError("this batch has no frozen 'noise' grid: evaluation batches come from task.evaluation_batches(batch, generator)")
         x = self.voxelize(batch)
@@ -152,15 +206,12 @@ class VoxelDenoisingTask(Task):
     def null_prediction(self, batch: Batch) -> Prediction:
         if self.null_predictor == "noisy_input":
             return {"grid": self.noisy_input(batch)}
-        return {"grid": torch.zeros((batch["coords"].shape[0],) + self.grid_shape, dtype=batch["coords"].dtype, device=batch["coords"].device)}
+        coords = batch["coords"]
+        return {"grid": torch.zeros((coords.shape[0],) + self.grid_shape, dtype=coords.dtype, device=coords.device)}
 
-    # --- diagnostics ------------------------------------------------------------------------------
-    def resampling_floor(self, batch: Batch, rotations: torch.Tensor, exact_group: bool = False,
-                         chunk_size: int | None = None) -> TermDecomposition:
-        """Decomposition of the perfect denoiser (``targets``) on ``batch`` under ``rotations``.
+    def make_baseline(self):
+        """The unfitted isotropic-filter baseline chosen by ``baseline`` (:class:`tasks.voxels.baseline.IsotropicFilterBaseline`);
+        through the Haar path its pct is the floor of an exactly equivariant denoiser of that kind."""
+        from tasks.voxels.baseline import IsotropicFilterBaseline
 
-        ``rotations``: ``(K, 3, 3)`` or ``(B, K, 3, 3)``. Under Haar rotations its ``equiv_unbiased``
-        is the loss that rotating grids back by trilinear resampling alone contributes (> 0); with the
-        24 cube rotations (``exact_group=True``) it is exactly 0.
-        """
-        return twirl_decomposition(self.targets, self, batch, rotations, exact_group=exact_group, chunk_size=chunk_size)["denoise"]
+        return IsotropicFilterBaseline(self, **BASELINES[self.baseline])

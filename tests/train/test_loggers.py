@@ -131,7 +131,9 @@ def test_resumed_run_summarises_the_whole_run(tmp_path, offline_wandb):
     assert len(list(rd.wandb_dir.glob("offline-run-*"))) == 2
     resumed = _read_offline_run(rd.wandb_dir)
     assert resumed["run"].run_group == "my-sweep"
-    assert min(h["_step"] for h in resumed["history"]) > 20  # this offline run only logged steps after the checkpoint
+    # this offline run only logged steps from the checkpoint on (at the checkpoint step: its own compute profile)
+    assert min(h["_step"] for h in resumed["history"]) >= 20
+    assert all(k.startswith(("compute/", "_", "trainer/")) for h in resumed["history"] if h["_step"] == 20 for k in h)
     main = keys.key(keys.EQUIV, "mse", "pct")
     # ...but its summaries start at step 0 (seeded from metrics.csv) and match the uninterrupted definition
     assert resumed["summary"][summary_key(main, PCT_FIRST_STEP)] == 0
