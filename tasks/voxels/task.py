@@ -41,21 +41,32 @@ isotropic linear filter (baseline)     0.63 %           1.75 %       —        
 tiny U-Net, 400 smoke steps            1.59 %           1.78 %       1.15 %         1.04 %      0.70
 =====================================  ===============  ===========  =============  ==========  =========
 
-So the fft path fixes the input distribution and the round trip, but at smoke scale its Haar pct of the
-U-Net is at the level of exactly equivariant denoisers (60 % of the thresholding filter's L_equiv lies in
-the corners); ``output_rotation='bilinear'`` with ``noise_rotation='fft'`` has the lowest floor for
-denoisers with kinked outputs. The harness reports the Haar pct net of the floor of the task's fitted
-baseline (:meth:`make_baseline`) through the same path; the floor depends on the predictor (a linear filter
-responds to the noise in the corners, a thresholding one much less), so read the net value as indicative and
-the cube-group pct as the exact statement.
+So the fft path fixes the input distribution and the round trip, but on the whole box an exactly equivariant
+denoiser's Haar pct is at the level of the smoke U-Net (60 % of the thresholding filter's L_equiv lies in the
+corners). The headline term is therefore ``denoise_ball``: the same squared error on the box's inscribed ball
+(:func:`inscribed_ball`, less a one-voxel margin), the largest part of the box that rotations map into itself and
+where the molecule is; ``denoise`` (the whole box, the training objective) is reported beside it. Defaults are
+``noise_rotation='fft'`` (white noise stays white) and ``output_rotation='bilinear'`` (no sinc ringing on kinked
+predictions). Floors on the inscribed ball, same data (noise / output modes):
+
+=====================================  ===============  =============  ===========
+denoiser (exactly equivariant)         fft / fft        fft / bilinear bilinear/bil.
+=====================================  ===============  =============  ===========
+isotropic linear filter (baseline)     0.13 %           0.10 %         0.10 %
+blur (1 voxel) → threshold → clamp     2.34 %           0.78 %         0.60 %
+=====================================  ===============  =============  ===========
+
+The harness reports the Haar pct net of the floor of the task's fitted baseline (:meth:`make_baseline`) through
+the same path; the floor depends on the predictor (a linear filter responds smoothly to the interpolation error, a
+thresholding one amplifies it), so read the net value as indicative and the cube-group pct as the exact statement.
 
 **Deployed path.** A deployed denoiser has only the noisy grid, so the test-time twirl
 (:class:`equivrepro.metrics.TwirledPredictor`, through :meth:`rotate_model_input`) rotates the noisy
 grid ``y = x + σ ε`` itself with ``O(R)`` and never re-voxelises the clean atoms; :meth:`predict` uses a
 precomputed ``noisy (B, C, L, L, L)`` grid whenever the batch carries one.
 
-Terms: ``denoise`` — per-sample sum over voxels and channels of (x̂ − x)² (quadratic → exact
-U-statistics). Null predictor (``null_predictor``): ``'zeros'`` (default; the empty grid, loss = Σ x²,
+Terms: ``denoise_ball`` (headline) and ``denoise`` — per-sample sum over the voxels of the inscribed ball / of the
+whole box, and over channels, of (x̂ − x)² (quadratic → exact U-statistics). Null predictor (``null_predictor``): ``'zeros'`` (default; the empty grid, loss = Σ x²,
 the bar a useful denoiser must clear) or ``'noisy_input'`` (the identity denoiser, loss = σ²‖ε‖²).
 """
 
@@ -82,6 +93,15 @@ def denoise_sse(pred: Prediction, target: Prediction, batch: Batch) -> torch.Ten
     return (pred["grid"] - target["grid"].to(pred["grid"].dtype)).pow(2).flatten(1).sum(1)
 
 
+def inscribed_ball(grid_size: int, margin: float = 1.0, device=None) -> torch.Tensor:
+    """``(L, L, L)`` bool: voxel centres within ``(L − 1)/2 − margin`` voxels of the box centre — the largest region of
+    the box that every rotation about its centre maps into itself (less a one-voxel margin for the interpolation)."""
+    c = (grid_size - 1) / 2
+    r = torch.arange(grid_size, dtype=torch.float64, device=device) - c
+    d2 = r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2
+    return d2 <= (c - margin) ** 2
+
+
 class VoxelDenoisingTask(Task):
     """VoxMol-style single-σ voxel denoising (see the module docstring).
 
@@ -92,19 +112,18 @@ class VoxelDenoisingTask(Task):
         reduction: ``'sum'`` (VoxMol) or ``'mean'`` (over all voxels, channels and samples).
         noise_rotation: how the frozen evaluation noise (and a carried noisy grid) is rotated: ``'fft'`` (orthogonal
             Fourier shears, default), ``'bilinear'`` (trilinear resampling) or ``'nearest'``.
-        output_rotation: how predictions are rotated back: ``'fft'`` (the exact inverse of the Fourier-shear
-            operator, default), ``'bilinear'`` or ``'nearest'`` (resampling by ``Rᵀ``).
+        output_rotation: how predictions are rotated back: ``'bilinear'`` (trilinear resampling by ``Rᵀ``, default: no
+            sinc ringing on kinked outputs), ``'fft'`` (the exact inverse of the Fourier-shear operator) or ``'nearest'``.
         null_predictor: ``'zeros'`` or ``'noisy_input'``.
         baseline: the cheap equivariant baseline of :meth:`make_baseline`: ``'isotropic_filter'`` (the best isotropic
             linear filter, default) or ``'thresholded_filter'`` (plus ramps of the blurred grid; much stronger, larger floor).
     """
 
     name = "voxels"
-    terms = (LossTerm("denoise", denoise_sse, quadratic=True),)
 
     def __init__(self, n_channels: int = 8, grid_size: int = 64, resolution: float = 0.25, radius: float = 0.5, window: int = 5,
                  sigma: float = 0.9, shift: float = 0.5, reduction: str = "sum", noise_rotation: str = "fft",
-                 output_rotation: str = "fft", null_predictor: str = "zeros", baseline: str = "isotropic_filter"):
+                 output_rotation: str = "bilinear", null_predictor: str = "zeros", baseline: str = "isotropic_filter"):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         for key, mode in (("noise_rotation", noise_rotation), ("output_rotation", output_rotation)):
@@ -122,6 +141,16 @@ class VoxelDenoisingTask(Task):
         self.reduction, self.null_predictor = reduction, null_predictor
         self.noise_rotation, self.output_rotation = noise_rotation, output_rotation
         self.baseline = baseline
+        ball = inscribed_ball(int(grid_size))
+
+        def denoise_ball(pred: Prediction, target: Prediction, batch: Batch) -> torch.Tensor:
+            """``(B,)``: Σ over channels and the voxels of the inscribed ball of (x̂ − x)² (occupancy² units)."""
+            err = (pred["grid"] - target["grid"].to(pred["grid"].dtype)).pow(2)
+            return (err * ball.to(device=err.device, dtype=err.dtype)).flatten(1).sum(1)
+
+        # the headline is the loss on the inscribed ball, where rotations act on the grid; the whole box (the training
+        # objective) is reported too, with the corners' resampling artefact in its Haar values
+        self.terms = (LossTerm("denoise_ball", denoise_ball, quadratic=True), LossTerm("denoise", denoise_sse, quadratic=True))
 
     @property
     def grid_shape(self) -> tuple[int, int, int, int]:

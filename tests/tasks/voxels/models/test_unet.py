@@ -15,14 +15,12 @@ CONFIGS = Path(__file__).resolve().parents[4] / "configs" / "model"
 
 
 def _config(name: str) -> dict:
-    """Model kwargs of configs/model/<name>.yaml (following its `defaults` chain)."""
-    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
-    own = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("defaults", "_target_")}
-    base = {}
-    for d in cfg.get("defaults", []):
-        if d != "_self_":
-            base.update(_config(d))
-    return base | own
+    """Model kwargs of configs/model/<name>.yaml as the voxel task composes it (``n_elements`` follows the data's
+    element list: 8 for GEOM-drugs)."""
+    from equivrepro.train.app import compose_config
+
+    cfg = OmegaConf.to_container(compose_config(["task=voxels", f"model={name}", "logger=none"]).model, resolve=True)
+    return {k: v for k, v in cfg.items() if k != "_target_"}
 
 
 def _count(model: nn.Module) -> int:
