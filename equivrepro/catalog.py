@@ -30,7 +30,7 @@ import yaml
 
 __all__ = [
     "CARDS_DIR", "SCALES", "STANDARD_FIGURES", "HEADLINE", "SweepSpec", "FigureSpec", "EmbeddedData", "TaskCard",
-    "cards", "card", "sweeps", "figures", "reproduce_figures", "CatalogError",
+    "cards", "card", "sweeps", "figures", "reproduce_figures", "drawing_function", "CatalogError",
 ]
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
@@ -163,7 +163,7 @@ def _load_card(path: Path) -> TaskCard:
         names = f.get("sweeps") or []
         _require(isinstance(names, list) and names and all(n in sweeps for n in names), path,
                  f"{where}.sweeps must list sweeps of this card ({sorted(sweeps)}), got {names!r}")
-        _require(isinstance(f.get("draw"), str), path, f"{where}.draw must name a function of equivrepro.plots.figures")
+        _require(isinstance(f.get("draw"), str), path, f"{where}.draw must name a drawing function (equivrepro.plots.figures.<name> or <module>.<name>)")
         full = f"{task}-{short}"
         _require(full not in figs, path, f"{where}: {full} is a standard figure; choose another name")
         figs[full] = FigureSpec(full, task, tuple(sweeps[n].key for n in names), f["draw"], str(f.get("about", "")),
@@ -228,6 +228,19 @@ def reproduce_figures(task: str | None = None, cards_dir: str | Path | None = No
         if c.in_reproduce:
             names += [n for n, f in c.figures.items() if f.reproduce]
     return names
+
+
+def drawing_function(draw: str):
+    """The function a figure's ``draw`` names: ``name`` in :mod:`equivrepro.plots.figures`, or ``module.name`` in
+    ``equivrepro.plots.<module>`` (e.g. ``spectrum.degree_shares``)."""
+    import importlib
+
+    module, _, name = draw.rpartition(".")
+    mod = importlib.import_module(f"equivrepro.plots.{module or 'figures'}")
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise CatalogError(f"figure drawing function {draw!r} does not exist in {mod.__name__}")
+    return fn
 
 
 def build_embedded_data(data_dir: str | Path, cards_dir: str | Path | None = None) -> int:

@@ -77,8 +77,6 @@ def print_manifest(scale: str) -> None:
 
 def draw_figures(table, figure_names: Sequence[str], jobs_by_sweep: Mapping[str, list[Job]], scale: str, figures_dir: Path) -> list[str]:
     """Draw each figure from the rows of its sweeps' runs; returns the names that could not be drawn."""
-    from equivrepro.plots import figures as F
-
     specs, figs = catalog.sweeps(), catalog.figures()
     failed = []
     present = set(table["run_id"].astype(str).unique())
@@ -97,7 +95,7 @@ def draw_figures(table, figure_names: Sequence[str], jobs_by_sweep: Mapping[str,
             failed.append(name)
             continue
         try:
-            getattr(F, fig.draw)(sub, figures_dir / name, **fig.call_kwargs(scale))
+            catalog.drawing_function(fig.draw)(sub, figures_dir / name, **fig.call_kwargs(scale))
             log.info("figure %s → %s.{png,pdf,csv}", name, figures_dir / name)
         except ValueError as exc:
             log.error("figure %s: %s", name, exc)

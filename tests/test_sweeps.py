@@ -269,9 +269,7 @@ def test_a_malformed_card_names_its_file_and_key(tmp_path, monkeypatch):
 
 
 def test_every_declared_figure_has_a_drawing_function_and_known_sweeps():
-    from equivrepro.plots import figures
-
     for name, fig in catalog.figures().items():
-        assert callable(getattr(figures, fig.draw)), name
+        assert callable(catalog.drawing_function(fig.draw)), name
         assert all(s in SWEEPS for s in fig.sweeps), name
     assert set(catalog.figures()) >= {"headline", "forcefield-pct", "flowmatching-final-pct-default", "voxels-vary-data"}
