@@ -14,10 +14,11 @@ ANALYSIS_STEP   ?= 500
 
 .PHONY: reproduce-analysis
 
+ANALYZE = $(PY) -m equivrepro.analysis.report --scale $(SCALE) --runs-dir $(RUNS_DIR) --figures-dir $(FIGURES_DIR) \
+	$(if $(filter paper,$(SCALE)),--step $(ANALYSIS_STEP),--train-missing) $(ANALYZE_FLAGS)
+
 reproduce-analysis: $(FIGURES_PREREQS)
-	$(PY) -m equivrepro.analysis.report --all-tasks --scale $(SCALE) --runs-dir $(RUNS_DIR) --figures-dir $(FIGURES_DIR) \
-		$(if $(filter paper,$(SCALE)),--step $(ANALYSIS_STEP)) $(ANALYZE_FLAGS)
+	$(ANALYZE) --all-tasks
 
 reproduce-figure-analysis-%: $(FIGURES_PREREQS)
-	$(PY) -m equivrepro.analysis.report --task $* --scale $(SCALE) --runs-dir $(RUNS_DIR) --figures-dir $(FIGURES_DIR) \
-		$(if $(filter paper,$(SCALE)),--step $(ANALYSIS_STEP)) $(ANALYZE_FLAGS)
+	$(ANALYZE) --task $*

@@ -16,8 +16,8 @@ The same arguments therefore give the same held-out set, and another ``seed`` a 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 

@@ -12,7 +12,10 @@
 * :func:`hessian_spectrum` / :func:`condition_numbers` — the above applied to a
   :class:`~equivrepro.analysis.subset.SubsetLosses`.
 
-Condition number. ``κ = λ_max / λ⁺_min`` where λ⁺_min is the smallest eigenvalue **above the relative
+Condition number (:meth:`Spectrum.condition`, kept for the landscape's direction choice). The analyses report κ
+over *resolved* eigenvalues instead (:func:`equivrepro.analysis.spectral.resolved_condition`): a cut-off κ of a
+spectrum that decays smoothly over many decades is ≈ 1/cut-off, a statement about the cut-off, not the loss.
+Here ``κ = λ_max / λ⁺_min`` where λ⁺_min is the smallest eigenvalue **above the relative
 threshold** ``rel_threshold · max_i |λ_i|`` (default 1e-6). Eigenvalues within ± that threshold count
 as numerically zero (flat directions, e.g. the equivariant subspace for L_equiv), those below it as
 negative (the unbiased L_mean estimator is a difference of two estimates and need not be convex).
@@ -27,8 +30,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -56,15 +59,31 @@ ScalarFn = Callable[[torch.Tensor], torch.Tensor]
 class HessianOperator:
     """``H v`` for the Hessian of ``fn`` at ``theta`` ``(P,)``; call it with ``v (P,)`` or ``(m, P)`` rows."""
 
-    def __init__(self, fn: ScalarFn, theta: torch.Tensor):
-        self.theta = theta.detach().clone().requires_grad_(True)
+    def __init__(self, fn: ScalarFn | None, theta: torch.Tensor, *, value: torch.Tensor | None = None):
+        """``fn(theta)`` is evaluated here; or pass ``value`` already computed from ``theta`` (a leaf that requires
+        grad, shared by several operators on one forward pass, :meth:`shared`)."""
+        if value is None:
+            self.theta = theta.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                value = fn(self.theta)
+        else:
+            self.theta = theta
+        self.value = value
         with torch.enable_grad():
-            self.value = fn(self.theta)
-            (self.grad,) = torch.autograd.grad(self.value, self.theta, create_graph=True, allow_unused=True)
+            (self.grad,) = torch.autograd.grad(self.value, self.theta, create_graph=True, retain_graph=True, allow_unused=True)
         if self.grad is None or not self.grad.requires_grad:  # fn is constant or affine in theta: H = 0
             self.grad = None
         self.n = int(self.theta.numel())
         self.calls = 0
+
+    @classmethod
+    def shared(cls, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], theta: torch.Tensor,
+               names: tuple[str, ...]) -> dict[str, HessianOperator]:
+        """One operator per ``names`` key of ``fn(theta)`` (a dict of scalars), all from a single forward pass."""
+        leaf = theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            values = fn(leaf)
+        return {name: cls(None, leaf, value=values[name]) for name in names}
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         v = v.to(self.theta)
@@ -89,7 +108,8 @@ def exact_hessian(fn_or_op: ScalarFn | HessianOperator, theta: torch.Tensor | No
     Falls back (with a warning) to one backward per basis vector when the model's ops do not support
     batched gradients.
     """
-    op = fn_or_op if isinstance(fn_or_op, HessianOperator) else HessianOperator(fn_or_op, theta)
+    # any operator with ``n`` and ``theta`` (HessianOperator, the GGN of :mod:`equivrepro.analysis.curvature`) is used as is
+    op = fn_or_op if hasattr(fn_or_op, "n") and hasattr(fn_or_op, "theta") else HessianOperator(fn_or_op, theta)
     n = op.n
     eye = torch.eye(n, dtype=op.theta.dtype, device=op.theta.device)
     cols = []
@@ -101,7 +121,7 @@ def exact_hessian(fn_or_op: ScalarFn | HessianOperator, theta: torch.Tensor | No
                 cols.append(op(block))
                 continue
             except RuntimeError as exc:
-                warnings.warn(f"batched Hessian-vector products unsupported ({exc}); using one backward per column")
+                warnings.warn(f"batched Hessian-vector products unsupported ({exc}); using one backward per column", stacklevel=2)
                 batched = False
         cols.append(torch.stack([op(e) for e in block]))
     h = torch.cat(cols, dim=0)
@@ -110,13 +130,16 @@ def exact_hessian(fn_or_op: ScalarFn | HessianOperator, theta: torch.Tensor | No
 
 @dataclass
 class LanczosResult:
-    """Ritz values ``(m,)`` ascending, Ritz vectors ``(P, m)`` (unit columns), residual norms ``(m,)``."""
+    """Ritz values ``(m,)`` ascending, Ritz vectors ``(P, m)`` (unit columns), residual norms ``(m,)``, and the
+    first components ``(m,)`` of the tridiagonal matrix's eigenvectors (their squares are the Gauss-quadrature
+    weights of stochastic Lanczos quadrature, :mod:`equivrepro.analysis.spectral`)."""
 
     values: torch.Tensor
     vectors: torch.Tensor
     residuals: torch.Tensor
     steps: int
     breakdown: bool
+    first_components: torch.Tensor | None = None
 
 
 def lanczos(
@@ -174,7 +197,8 @@ def lanczos(
     evals, evecs = torch.linalg.eigh(t)
     residuals = abs(betas[m - 1]) * evecs[m - 1].abs()
     vectors = basis[:, :m] @ evecs.to(dtype=dtype, device=basis.device)
-    return LanczosResult(values=evals.to(dtype), vectors=vectors, residuals=residuals.to(dtype), steps=m, breakdown=breakdown)
+    return LanczosResult(values=evals.to(dtype), vectors=vectors, residuals=residuals.to(dtype), steps=m, breakdown=breakdown,
+                         first_components=evecs[0].clone())
 
 
 def power_iteration(

@@ -24,9 +24,9 @@ Projectors (``projector`` argument):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -238,6 +238,7 @@ def deviation_scaling(
             })
     table = pd.DataFrame(rows)
     positive = int(((table["deviation"] > 0) & (table["l_equiv"] > 0)).sum())
-    fit = fit_loglog_slope(table["deviation"], table["l_equiv"]) if positive >= 2 else dict.fromkeys(("slope", "intercept", "r2"), float("nan"))
+    nan_fit = dict.fromkeys(("slope", "intercept", "r2"), float("nan"))
+    fit = fit_loglog_slope(table["deviation"], table["l_equiv"]) if positive >= 2 else nan_fit
     base = {**base, "theta_norm": full_norm, "term": losses.term.name, "n_samples": losses.n_samples}
     return DeviationScaling(table, fit["slope"], fit["intercept"], fit["r2"], head_name, base)

@@ -24,14 +24,14 @@ float64 first; the rotations are cast to the batches' floating dtype automatical
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from equivrepro.metrics import twirl_decomposition
+from equivrepro.metrics import twirl_decomposition, untwisted_predictions
 from equivrepro.task import Batch, LossTerm, Task, batch_size
 
 __all__ = ["LOSS_NAMES", "select_parameters", "cast_batch", "as_batch_list", "resolve_term", "eval_mode", "SubsetLosses"]
@@ -143,6 +143,17 @@ class _Decomposition(nn.Module):
         return dec.mean_unbiased, dec.equiv_unbiased, dec.total
 
 
+class _Untwisted(nn.Module):
+    """Wraps the model so that one ``functional_call`` gives the untwisted predictions ``z[key] (B, K, …)``."""
+
+    def __init__(self, model: nn.Module, task: Task, chunk_size: int | None):
+        super().__init__()
+        self.model, self.task, self.chunk_size = model, task, chunk_size
+
+    def forward(self, batch: Batch, rotations: torch.Tensor) -> dict[str, torch.Tensor]:
+        return untwisted_predictions(self.model, self.task, batch, rotations, chunk_size=self.chunk_size)
+
+
 class SubsetLosses:
     """L_mean(θ_S), L_equiv(θ_S), L_total(θ_S) on fixed held-out batches and fixed rotations.
 
@@ -210,6 +221,7 @@ class SubsetLosses:
         self.numels = [params[n].numel() for n in self.names]
         self.theta0 = torch.cat([params[n].detach().reshape(-1) for n in self.names]).clone()
         self._wrapper = _Decomposition(model, task, self.term, chunk_size, exact_group, estimator == "plugin")
+        self._untwisted = _Untwisted(model, task, chunk_size)
         self.exact_group = exact_group
 
     # --- flat vector <-> named tensors --------------------------------------------------------------
@@ -246,6 +258,14 @@ class SubsetLosses:
                 parts = functional_call(self._wrapper, override, (batch, rot))
                 sums = [s + p.sum() for s, p in zip(sums, parts)]
         return {name: s / self.n_samples for name, s in zip(LOSS_NAMES, sums)}
+
+    def untwisted(self, theta: torch.Tensor, index: int) -> dict[str, torch.Tensor]:
+        """Untwisted predictions ``z[key] (B, K, …)`` of batch ``index`` at θ_S = ``theta`` (eval mode; differentiable
+        in ``theta`` when it requires grad)."""
+        override = {"model." + n: t for n, t in self.unflatten(theta).items()}
+        grad_ctx = torch.enable_grad() if theta.requires_grad else torch.no_grad()
+        with eval_mode(self.model), grad_ctx:
+            return functional_call(self._untwisted, override, (self.batches[index], self.rotations[index]))
 
     def loss(self, which: str, theta: torch.Tensor | None = None) -> torch.Tensor:
         """One of ``'mean'``, ``'equiv'``, ``'total'`` at ``theta``."""

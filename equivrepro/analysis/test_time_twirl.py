@@ -16,7 +16,7 @@ representation is irreducible (e.g. the icosahedral group; Schur's lemma).
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -84,7 +84,8 @@ def twirl_mse_table(
     draws), ``mse_se`` (over samples), ``predicted`` (L_mean + L_equiv/K), ``diff = mse − predicted``,
     ``diff_se`` (paired), ``rel_deviation = diff / predicted``, ``within_ci`` (|diff| ≤ z·diff_se),
     ``time_per_sample_s`` (wall time of the twirled forward per held-out sample), ``relative_cost``
-    (vs the smallest K; each K gets one untimed warm-up call first). ``df.attrs`` holds ``l_mean, l_equiv, l_total, pct, reference_k, term, quadratic``.
+    (vs the smallest K; each K gets one untimed warm-up call first). ``df.attrs`` holds ``l_mean, l_equiv, l_total, pct,
+    reference_k, term, quadratic``.
     """
     term = resolve_term(task, term)
     batches = as_batch_list(batches)

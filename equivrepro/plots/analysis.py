@@ -1,30 +1,43 @@
 """Figures of the mechanism analysis (:mod:`equivrepro.analysis`). Each writes ``<stem>.png``, ``<stem>.pdf``
 and the plotted numbers as ``<stem>.csv`` (atomically), and returns those numbers.
 
+* :func:`spectral_densities` — Gaussian-broadened eigenvalue densities of the L_mean and L_equiv curvature over
+  log10|λ| (positive solid, negative dashed), one panel per curvature form (Hessian, GGN).
+* :func:`top_eigenvalues` — the largest eigenvalues of each operator normalised by its own maximum, resolved
+  ones filled, unresolved hollow.
 * :func:`landscape_surfaces` — 3-D surfaces of L_mean and L_equiv along their own Hessians' min-positive and
   max eigenvectors (paper ``loss_landscape_3D_L_{mean,equiv}``).
+* :func:`landscape_frozen_redrawn` — the same surfaces as heat maps, frozen (fixed samples, noise, rotations)
+  above redrawn (all three redrawn at every point), with quadratic-fit R², smoothness and evaluation noise.
+* :func:`head_deviation_scatter` — L_equiv against the linear head's deviation from its equivariant subspace over
+  training, log–log, coloured by step, with the fitted power law and the correlations (paper
+  ``linear_head_deviation_scatter``).
 * :func:`gradient_ratio_scatter` — log–log scatter of pct against ‖∇L_equiv‖/‖∇L_mean‖ coloured by step,
   with the EMA trajectory and the log-space Pearson / Spearman correlations (paper ``grad_norm_ratio``).
-* :func:`linear_head_scaling` — L_equiv against the head's deviation from the equivariant subspace, log–log,
-  with the fitted slope (≈ 2).
 * :func:`twirl_cost` — held-out loss of the test-time-twirled model against K with the prediction
   L_mean + L_equiv/K, and its relative inference cost on a second axis.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
+from equivrepro.atomic import atomic_write_text
 from equivrepro.plots.style import PCT_LABEL, STEP_LABEL, new_figure, plt, save_figure
-from equivrepro.train.checkpoint import atomic_write_text
 
-__all__ = ["landscape_surfaces", "gradient_ratio_scatter", "linear_head_scaling", "twirl_cost"]
+__all__ = [
+    "spectral_densities", "top_eigenvalues", "landscape_surfaces", "landscape_frozen_redrawn", "head_deviation_scatter",
+    "gradient_ratio_scatter", "twirl_cost",
+]
 
 _LOSS_TEX = {"mean": r"$L_\mathrm{mean}$", "equiv": r"$L_\mathrm{equiv}$", "total": r"$L_\mathrm{total}$"}
+_LOSS_COLOR = {"mean": "tab:blue", "equiv": "tab:red", "total": "0.4"}
+_FORM_NAME = {"hessian": "Hessian", "ggn": "Gauss–Newton (GGN, PSD)"}
 
 
 def _write(fig, data: pd.DataFrame, stem: str | Path, note: str | None = None) -> pd.DataFrame:
@@ -35,6 +48,19 @@ def _write(fig, data: pd.DataFrame, stem: str | Path, note: str | None = None) -
     save_figure(fig, stem)
     atomic_write_text(stem.with_name(stem.name + ".csv"), data.to_csv(index=False))
     return data
+
+
+def _plain_log_x(ax) -> None:
+    """Log x ticks as plain numbers, 1-2-5 ticks when the data span less than two decades, no minor labels."""
+    from matplotlib import ticker
+
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi / lo < 100:
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        if hi / lo < 3:
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=tuple(np.arange(1.0, 10.0))))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def landscape_surfaces(landscape, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"), source: str = "own",
@@ -64,9 +90,137 @@ def landscape_surfaces(landscape, stem: str | Path, *, losses: Sequence[str] = (
         rows.append(pd.DataFrame({"loss": loss, "source": src, "x": xx.ravel(), "y": yy.ravel(), "value": z.ravel()}))
     cfg = landscape.config
     if title or cfg:
-        fig.suptitle(title or f"Loss landscape of {cfg.get('n_params', '?')} parameters ({', '.join(cfg.get('parameters', [])[:3])})", fontsize=9)
-    note = f"Grid {cfg.get('n', '?')}×{cfg.get('n', '?')}, step {cfg.get('step', '?')}; held-out samples: {cfg.get('n_samples', '?')}, term {cfg.get('term', '?')}."
+        names = ", ".join(cfg.get("parameters", [])[:3])
+        fig.suptitle(title or f"Loss landscape of {cfg.get('n_params', '?')} parameters ({names})", fontsize=9)
+    note = (f"Grid {cfg.get('n', '?')}×{cfg.get('n', '?')}, step {cfg.get('step', '?')}; held-out samples: {cfg.get('n_samples', '?')}, "
+            f"term {cfg.get('term', '?')}.")
     return _write(fig, pd.concat(rows, ignore_index=True), stem, note)
+
+
+def spectral_densities(spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, sigma: float = 0.15, decades: float = 14.0,
+                       title: str | None = None) -> pd.DataFrame:
+    """``spectra[form][loss]`` → :class:`~equivrepro.analysis.curvature.CurvatureSpectrum`; densities in eigenvalues per
+    decade of |λ| down to ``decades`` below the largest |λ|, broadened by ``sigma`` decades; the legend counts the
+    eigenvalues that are numerically zero. Returns ``form, loss, log10_abs_lambda, positive, negative`` rows."""
+    forms = list(spectra)
+    fig, axes = new_figure(len(forms), panel_size=(5.0, 3.6))
+    rows = []
+    for ax, form in zip(axes, forms):
+        top = max(float(sp.density.scale) for sp in spectra[form].values())
+        hi = np.log10(top) + 1.0 if top > 0 else 1.0
+        grid = np.linspace(hi - decades, hi, 700)
+        peak, lowest = 0.0, hi
+        for loss, sp in spectra[form].items():
+            d = sp.density.broadened(grid, sigma, log=True)
+            color = _LOSS_COLOR.get(loss, None)
+            r = sp.density.ranks()
+            zero = f", {d['zero']:.3g} ≈ 0" if d["zero"] >= 0.5 else ""
+            ax.plot(grid, d["positive"], "-", color=color,
+                    label=f"{_LOSS_TEX.get(loss, loss)} λ > 0 (entropy rank {r['entropy_rank']:.3g}{zero})")
+            if d["negative"].max() > 1e-3:
+                ax.plot(grid, d["negative"], "--", color=color, label=f"{_LOSS_TEX.get(loss, loss)} λ < 0 (|λ|)")
+            both = d["positive"] + d["negative"]
+            peak = max(peak, float(both.max()))
+            if (both > 1e-3).any():
+                lowest = min(lowest, float(grid[both > 1e-3][0]))
+            rows.append(pd.DataFrame({"form": form, "loss": loss, "log10_abs_lambda": grid, "positive": d["positive"],
+                                      "negative": d["negative"]}))
+        ax.set_yscale("log")
+        ax.set_ylim(1e-3, max(2 * peak, 1e-2))
+        ax.set_xlim(lowest - 0.5, hi)
+        ax.set_xlabel(r"$\log_{10}|\lambda|$")
+        ax.set_ylabel("eigenvalues per decade")
+        method = next(iter(spectra[form].values())).method
+        ax.set_title(f"{_FORM_NAME.get(form, form)} ({'exact' if method == 'exact' else 'SLQ'}, σ = {sigma:g} dec.)", fontsize=9)
+        ax.legend(loc="best", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _write(fig, pd.concat(rows, ignore_index=True), stem)
+
+
+def top_eigenvalues(spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, k: int = 20,
+                    title: str | None = None) -> pd.DataFrame:
+    """λ_i / λ_1 of the ``k`` largest eigenvalues of each operator against i (log y); hollow markers are unresolved."""
+    forms = list(spectra)
+    fig, axes = new_figure(len(forms), panel_size=(4.6, 3.4))
+    rows = []
+    for ax, form in zip(axes, forms):
+        for loss, sp in spectra[form].items():
+            top = sp.top(k)
+            lam1 = top[0]["eigenvalue"] if top and top[0]["eigenvalue"] != 0 else 1.0
+            i = np.arange(1, len(top) + 1)
+            val = np.array([t["eigenvalue"] for t in top]) / lam1
+            res = np.array([t["resolved"] for t in top], dtype=bool)
+            color = _LOSS_COLOR.get(loss, None)
+            pos = val > 0
+            ax.semilogy(i[pos & res], val[pos & res], "o", color=color, label=f"{_LOSS_TEX.get(loss, loss)} (κ over resolved "
+                        f"{sp.condition['kappa']:.3g}, {sp.condition['n_resolved_positive']} resolved > 0)")
+            ax.semilogy(i[pos & ~res], val[pos & ~res], "o", mfc="none", color=color)
+            rows.append(pd.DataFrame({"form": form, "loss": loss, "rank": i, "eigenvalue": [t["eigenvalue"] for t in top],
+                                      "normalised": val, "residual": [t["residual"] for t in top], "resolved": res}))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("rank i")
+        ax.set_ylabel(r"$\lambda_i / \lambda_1$")
+        ax.set_title(_FORM_NAME.get(form, form), fontsize=9)
+        ax.legend(loc="best", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _write(fig, pd.concat(rows, ignore_index=True), stem, "hollow: not resolved (residual bound > rtol·|λ|)")
+
+
+def landscape_frozen_redrawn(frozen, redrawn, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"),
+                             title: str | None = None) -> pd.DataFrame:
+    """Heat maps: rows frozen / redrawn, columns the losses along their own eigenvectors; R², smoothness, noise SD."""
+    rows_of = [("frozen", frozen)] + ([("redrawn", redrawn)] if redrawn is not None else [])
+    fig, axes = new_figure(len(rows_of) * len(losses), ncols=len(losses), panel_size=(4.2, 3.6))
+    data = []
+    for r, (kind, land) in enumerate(rows_of):
+        c = land.coords.double().numpy()
+        noise = land.config.get("noise", {})
+        for j, loss in enumerate(losses):
+            ax = axes[r * len(losses) + j]
+            z = land.surfaces[loss][loss].double().numpy()
+            im = ax.imshow(z.T, origin="lower", extent=(c[0], c[-1], c[0], c[-1]), aspect="auto", cmap="viridis")
+            fig.colorbar(im, ax=ax, shrink=0.85)
+            st = land.stats[loss][loss]
+            extra = f", noise SD {noise[loss]:.2g}" if loss in noise else ""
+            ax.set_title(f"{kind}: {_LOSS_TEX.get(loss, loss)}  R² = {st['r2']:.2f}, smooth. {st['smoothness']:.2f}{extra}", fontsize=8)
+            ax.set_xlabel("along min (+) eigenvector", fontsize=8)
+            ax.set_ylabel("along max eigenvector", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.yaxis.set_major_locator(MaxNLocator(4))
+            ax.tick_params(labelsize=7)
+            xx, yy = np.meshgrid(c, c, indexing="ij")
+            data.append(pd.DataFrame({"kind": kind, "loss": loss, "x": xx.ravel(), "y": yy.ravel(), "value": z.ravel()}))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    note = ("smoothness: mean |2nd difference| / range (0.011 for a noiseless 20×20 bowl, ≈ 0.3 for white noise); "
+            "redrawn: new samples, task noise and rotations at every point")
+    return _write(fig, pd.concat(data, ignore_index=True), stem, note)
+
+
+def head_deviation_scatter(result: Mapping, stem: str | Path, *, x_label: str | None = None, title: str | None = None) -> pd.DataFrame:
+    """Scatter of L_equiv against the head deviation from :func:`~equivrepro.analysis.head_deviation.deviation_correlation`."""
+    t = result["table"]
+    fig, (ax,) = new_figure(1, panel_size=(5.2, 4.0))
+    sc = ax.scatter(t["deviation"], t["l_equiv"], c=np.log10(t["step"].clip(lower=1)), cmap="viridis", s=16, label="evaluations")
+    xs = np.geomspace(t["deviation"].min(), t["deviation"].max(), 50)
+    ax.plot(xs, 10 ** (result["intercept"] + result["slope"] * np.log10(xs)), "--", color="0.3",
+            label=f"fit: L_equiv ∝ x^{result['slope']:.2f} (95% CI [{result['bootstrap']['slope_ci'][0]:.2f}, "
+                  f"{result['bootstrap']['slope_ci'][1]:.2f}])")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_x(ax)
+    ax.set_xlabel(x_label or result["x"])
+    ax.set_ylabel(f"held-out {result['y']}")
+    cb = fig.colorbar(sc, ax=ax)
+    cb.set_label(f"log10 {STEP_LABEL.lower()}")
+    ax.legend(loc="best", fontsize=7)
+    b = result["bootstrap"]
+    ax.set_title(title or (f"Pearson R = {result['pearson_r']:.2f} [{b['pearson_r_ci'][0]:.2f}, {b['pearson_r_ci'][1]:.2f}], "
+                           f"Spearman ρ = {result['spearman_rho']:.2f} [{b['spearman_rho_ci'][0]:.2f}, {b['spearman_rho_ci'][1]:.2f}] "
+                           f"(log values, n = {result['n']})"), fontsize=8)
+    return _write(fig, t.copy(), stem, f"intervals: {b['method']} bootstrap over evaluations (block {b['block']}, {b['n_boot']} resamples)")
 
 
 def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str = "step", pct_col: str = "pct",
@@ -82,7 +236,8 @@ def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str 
     pos = traj["step"].clip(lower=1)
     sc = ax.scatter(traj["grad_norm_ratio"], traj["pct"] * pct_scale, c=np.log10(pos), cmap="viridis", s=12, alpha=0.6,
                     label="evaluations")
-    ax.plot(traj["ratio_ema"], traj["pct_ema"] * pct_scale, color="crimson", lw=1.6, label=f"EMA trajectory (span = {span_fraction:g}·step)")
+    ax.plot(traj["ratio_ema"], traj["pct_ema"] * pct_scale, color="crimson", lw=1.6,
+            label=f"EMA trajectory (span = {span_fraction:g}·step)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"$\|\nabla L_\mathrm{equiv}\| \,/\, \|\nabla L_\mathrm{mean}\|$")
@@ -94,21 +249,6 @@ def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str 
     data = traj.assign(pct=traj["pct"] * pct_scale, pct_ema=traj["pct_ema"] * pct_scale)
     _write(fig, data, stem)
     return corr
-
-
-def linear_head_scaling(result, stem: str | Path, *, title: str | None = None) -> pd.DataFrame:
-    """L_equiv vs ‖θ_⊥‖ (log–log) from a :class:`~equivrepro.analysis.DeviationScaling`, with the fitted line."""
-    t = result.table
-    fig, (ax,) = new_figure(1, panel_size=(5.0, 3.8))
-    ax.loglog(t["deviation"], t["l_equiv"], "o", color="tab:blue", label=r"measured $L_\mathrm{equiv}$")
-    xs = np.geomspace(t["deviation"].min(), t["deviation"].max(), 50)
-    ax.loglog(xs, np.exp(result.intercept) * xs**result.slope, "--", color="0.3",
-              label=f"fit: slope {result.slope:.4f} (R² = {result.r2:.4f})")
-    ax.set_xlabel(r"head deviation $\alpha\|\theta_\perp\|$ from the equivariant subspace")
-    ax.set_ylabel(r"$L_\mathrm{equiv}$ (held-out)")
-    ax.legend(loc="best")
-    ax.set_title(title or f"{result.head}: equivariance error is quadratic in the deviation")
-    return _write(fig, t.copy(), stem)
 
 
 def twirl_cost(df: pd.DataFrame, stem: str | Path, *, title: str | None = None) -> pd.DataFrame:

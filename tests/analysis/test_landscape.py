@@ -1,15 +1,25 @@
 """Loss landscapes: the centre is the checkpoint's loss, quadratic losses give R² = 1 with curvature λ/2,
-files round-trip, and the figure is written."""
+files round-trip, the figures are written, and the redrawn landscape shows the evaluation noise."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from equivrepro.analysis import Landscape, SubsetLosses, grid_coordinates, hessian_spectrum, loss_landscape, quadratic_fit, smoothness
+from equivrepro.analysis import (
+    Landscape,
+    SubsetLosses,
+    grid_coordinates,
+    hessian_spectrum,
+    loss_landscape,
+    quadratic_fit,
+    redrawn_landscape,
+    smoothness,
+)
 from equivrepro.metrics import twirl_decomposition
-from equivrepro.plots.analysis import landscape_surfaces
-from equivrepro.testing.pointcloud import LinearPointModel, NonEquivariantMLP
+from equivrepro.plots.analysis import landscape_frozen_redrawn, landscape_surfaces
+from equivrepro.rotations import haar_rotations
+from equivrepro.testing.pointcloud import LinearPointModel, NonEquivariantMLP, PointCloudTask, make_pointcloud_batch
 from tests.analysis.toys import setup
 
 
@@ -81,3 +91,34 @@ def test_fit_and_smoothness_tell_a_bowl_from_noise():
     noise = torch.randn(20, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert quadratic_fit(x, x, noise)["r2"] < 0.2
     assert smoothness(bowl) < 0.05 and smoothness(noise) > 0.2  # white noise ≈ 0.32 (paper: L_mean 0.33)
+
+
+def test_redrawn_landscape_shows_the_evaluation_noise_the_frozen_one_hides(tmp_path):
+    """A per-point MLP on 4 point clouds: the frozen surface is a smooth bowl at this scale (R² ≈ 1), but with new
+    samples and rotations at every point the loss an optimiser sees is dominated by the sampling noise."""
+
+    torch.manual_seed(0)
+    model = NonEquivariantMLP(hidden=6).double()
+    task = PointCloudTask()
+
+    def draw(i: int) -> SubsetLosses:
+        g = torch.Generator().manual_seed(100 + i)
+        batch = make_pointcloud_batch(4, 5, g)
+        return SubsetLosses(model, task, batch, haar_rotations(4 * 3, g, dtype=torch.float64).reshape(4, 3, 3, 3), "net.4",
+                            estimator="plugin")
+
+    frozen_losses = draw(-100)
+    spectra = {w: hessian_spectrum(frozen_losses, w) for w in ("mean", "equiv")}
+    frozen = loss_landscape(frozen_losses, n=9, step=0.01, spectra=spectra)
+    redrawn = redrawn_landscape(draw, frozen, n=7, centre_draws=6)
+    assert redrawn.config["redrawn"] and not frozen.config["redrawn"] and redrawn.config["draws"] == 6 + 2 * 49
+    assert torch.allclose(redrawn.coords[[0, -1]], frozen.coords[[0, -1]])  # the same span
+    for loss in ("mean", "equiv"):
+        f, r = frozen.stats[loss][loss], redrawn.stats[loss][loss]
+        assert f["r2"] > 0.99 and r["r2"] < f["r2"] - 0.3, (loss, f["r2"], r["r2"])
+        assert r["smoothness"] > 3 * f["smoothness"]
+        # the redrawn surface is "quadratic + noise": its residual SD is of the order of the noise at the centre
+        noise = redrawn.config["noise"][loss]
+        assert noise > 0 and 0.3 < r["residual_sd"] / noise < 3
+    data = landscape_frozen_redrawn(frozen, redrawn, tmp_path / "lfr")
+    assert set(data["kind"]) == {"frozen", "redrawn"} and (tmp_path / "lfr.png").stat().st_size > 0
