@@ -42,8 +42,11 @@ test: venv
 test-fast: venv
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" tests
 
+# speed and memory targets: the decomposition's overhead (≤ 1.15 × K plain forward passes) and the readers' streaming
+# (peak RSS < 2 GB, independent of file size, at 100k and 500k conformers)
 bench: venv
 	$(PY) scripts/bench_decomposition.py
+	$(PY) scripts/bench_readers.py
 
 clean-venv:
 	rm -rf $(VENV)

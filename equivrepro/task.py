@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
+    from equivrepro.metrics.attribution import Attribution
     from equivrepro.metrics.baselines import EquivariantBaseline
 
 Batch = dict[str, torch.Tensor]
@@ -105,6 +106,13 @@ class Task:
         a task whose evaluation batch carries quantities a deployed model does not have (the clean
         molecule behind a noisy voxel grid) overrides it."""
         return self.rotate_batch(batch, rotations)
+
+    # --- where in a sample the equivariance error lives -----------------------------------------------
+    def attribution(self, batch: Batch) -> "dict[str, Attribution]":
+        """Per prediction key, how its output elements group into entities (atoms, residues, voxels) and the
+        per-entity descriptors ``(B, N)`` they are binned by (:class:`equivrepro.metrics.attribution.Attribution`),
+        computed from an evaluation batch in its own (untwisted) frame. Default: none (no per-entity maps)."""
+        return {}
 
     # --- settings that come from the data ------------------------------------------------------------
     def bind_data(self, statistics: Mapping[str, float]) -> dict[str, object]:

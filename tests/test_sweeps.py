@@ -201,6 +201,7 @@ POINTS_CARD = """
 task: points
 title: Synthetic point clouds (self-check)
 in_reproduce: true
+without_figures: [attribution]
 experiments: {smoke: none, paper: none}
 sweeps:
   default: {about: self-check, smoke: "task=points trainer.max_steps=6 equivariance.every=3 trainer.checkpoint_every=3 seed=0",
@@ -248,10 +249,11 @@ def test_the_catalog_discovers_a_task_from_its_card_alone(points_card):
     """Everything a task adds to the figure and sweep lists comes from its card: standard figures on its default
     sweep, its declared figures, the headline over in-reproduce tasks, and `make` asks Python for the names."""
     figs = catalog.figures()
-    assert set(figs) == {"headline", "points-pct", "points-losses", "points-vary-optim"}
+    standard = [f"points-{s}" for s in catalog.STANDARD_FIGURES if s != "attribution"]  # the card opts out of one
+    assert set(figs) == {"headline", *standard, "points-vary-optim"} and "points-attribution" not in figs
     assert figs["headline"].sweeps == ("points-default",)
-    assert catalog.reproduce_figures() == ["headline", "points-pct", "points-losses"]
-    assert catalog.reproduce_figures("points") == ["points-pct", "points-losses"]
+    assert catalog.reproduce_figures() == ["headline", *standard]
+    assert catalog.reproduce_figures("points") == standard
     assert set(catalog.sweeps()) == {"points-default", "points-optim"}
     out = subprocess.run([sys.executable, "-m", "equivrepro.reproduce", "--list"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert out.returncode == 0 and "make reproduce-figure-forcefield-pct" in out.stdout  # a subprocess sees the real cards

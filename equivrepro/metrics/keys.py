@@ -5,8 +5,9 @@ A decomposition key has four parts, ``family/[suffix/]term/quantity``:
 * ``family`` — what was decomposed: :data:`EQUIV` (the model under K Haar rotations), :data:`FLOOR` (the
   task's equivariant baseline through the same rotate/unrotate path: the instrument's floor),
   :data:`CUBE` (the model under the exact 24-rotation cube group), :data:`BASELINE` (the baseline's own
-  decomposition), :data:`SPECTRUM` (the degree spectrum of L_equiv), :data:`ATTRIBUTION` (where in the
-  sample L_equiv lives);
+  decomposition), :data:`SPECTRUM` (the degree spectrum of L_equiv), :data:`ANGLE` (the error against
+  rotation angle, measured and predicted from the spectrum: :func:`angle_key`), :data:`ATTRIBUTION` (where in
+  the sample L_equiv lives: :func:`attribution_key`);
 * ``suffix`` — the task's evaluation batch (``t=0.4`` for a flow time; empty when the task has one);
 * ``term`` — a loss term of the task (``forces``, ``velocity``, ``denoise``, …);
 * ``quantity`` — ``pct``, ``total``, ``equiv``, ``l=2``, …
@@ -28,9 +29,9 @@ import re
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "EQUIV", "FLOOR", "CUBE", "BASELINE", "SPECTRUM", "ATTRIBUTION", "DECOMPOSITION_FAMILIES", "TRAIN", "TIME", "HEAD", "COMPUTE",
-    "MetricKey", "key", "parse", "degree_key", "degree_of", "scalar_key", "matches", "suffix_sort_key",
-    "HEADLINE_QUANTITY",
+    "EQUIV", "FLOOR", "CUBE", "BASELINE", "SPECTRUM", "ANGLE", "ATTRIBUTION", "DECOMPOSITION_FAMILIES", "TRAIN", "TIME", "HEAD",
+    "COMPUTE", "MetricKey", "key", "parse", "degree_key", "degree_of", "scalar_key", "matches", "suffix_sort_key",
+    "HEADLINE_QUANTITY", "angle_key", "angle_of", "AngleQuantity", "attribution_key", "attribution_of", "AttributionQuantity",
 ]
 
 EQUIV = "equiv"
@@ -38,12 +39,16 @@ FLOOR = "equiv_floor"
 CUBE = "equiv_cube"
 BASELINE = "equiv_baseline"
 SPECTRUM = "spectrum"
+ANGLE = "angle"
 ATTRIBUTION = "attribution"
-DECOMPOSITION_FAMILIES = (EQUIV, FLOOR, CUBE, BASELINE, SPECTRUM, ATTRIBUTION)
+DECOMPOSITION_FAMILIES = (EQUIV, FLOOR, CUBE, BASELINE, SPECTRUM, ANGLE, ATTRIBUTION)
 TRAIN, TIME, HEAD, COMPUTE = "train", "time", "head", "compute"
 HEADLINE_QUANTITY = "pct"
 
 _DEGREE = re.compile(r"^l=(\d+)$")
+_ANGLE = re.compile(r"^(measured|predicted)_deg=([0-9.]+)(?:_(se|upper))?$")
+_ATTRIBUTION_STATS = ("se", "per_entity", "count")
+_ATTRIBUTION = re.compile(r"^([A-Za-z][A-Za-z0-9_]*?)=([^=/]+?)(?:_(" + "|".join(_ATTRIBUTION_STATS) + r"))?$")
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,78 @@ def degree_of(k: MetricKey | str | None) -> int | None:
         return None
     m = _DEGREE.match(k.quantity)
     return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class AngleQuantity:
+    """The parts of an :data:`ANGLE` quantity: ``kind`` (``measured`` / ``predicted``), the angle in degrees and the
+    statistic (``''`` for the mean, ``'se'``, ``'upper'`` — the prediction's bound for the degrees above l_max)."""
+
+    kind: str
+    degrees: float
+    stat: str = ""
+
+
+def _angle_text(degrees: float) -> str:
+    text = f"{float(degrees):g}"
+    if "e" in text or float(degrees) < 0:
+        raise ValueError(f"an angle key needs a plain non-negative angle in degrees, got {degrees!r}")
+    return text
+
+
+def angle_key(term: str, kind: str, degrees: float, suffix: str = "", stat: str = "") -> str:
+    """``angle/[suffix/]term/<kind>_deg=<degrees>[_<stat>]`` (``angle/forces/measured_deg=30_se``): E‖h(g) − h(g r_ω)‖²
+    at ω = ``degrees``° — ``kind='measured'`` (directly) or ``'predicted'`` (from the degree spectrum)."""
+    if kind not in ("measured", "predicted"):
+        raise ValueError(f"angle key kind must be 'measured' or 'predicted', got {kind!r}")
+    if stat not in ("", "se", "upper"):
+        raise ValueError(f"angle key statistic must be '', 'se' or 'upper', got {stat!r}")
+    return key(ANGLE, term, f"{kind}_deg={_angle_text(degrees)}" + (f"_{stat}" if stat else ""), suffix)
+
+
+def angle_of(k: MetricKey | str | None) -> AngleQuantity | None:
+    """The parts of an angle key (``…/predicted_deg=90_upper`` → ``AngleQuantity('predicted', 90.0, 'upper')``), else None."""
+    if isinstance(k, str):
+        k = MetricKey.parse(k)
+    if k is None or k.family != ANGLE:
+        return None
+    m = _ANGLE.match(k.quantity)
+    return AngleQuantity(m.group(1), float(m.group(2)), m.group(3) or "") if m else None
+
+
+@dataclass(frozen=True)
+class AttributionQuantity:
+    """The parts of an :data:`ATTRIBUTION` quantity: the per-entity ``descriptor`` (``element``,
+    ``centroid_distance_A``, …), its ``bin`` label (``C``, ``2-4``, ``8+``) and the statistic: ``''`` (the bin's
+    share of the term's L_equiv), ``'se'`` (its standard error), ``'per_entity'`` (mean L_equiv per entity in the
+    bin) or ``'count'`` (entities in the bin, over the held-out set)."""
+
+    descriptor: str
+    bin: str
+    stat: str = ""
+
+
+def attribution_key(term: str, descriptor: str, bin_label: str, suffix: str = "", stat: str = "") -> str:
+    """``attribution/[suffix/]term/<descriptor>=<bin>[_<stat>]`` (``attribution/forces/element=C_per_entity``)."""
+    if stat and stat not in _ATTRIBUTION_STATS:
+        raise ValueError(f"attribution statistic must be one of {_ATTRIBUTION_STATS} or '', got {stat!r}")
+    q = f"{descriptor}={bin_label}" + (f"_{stat}" if stat else "")
+    parsed = _ATTRIBUTION.match(q)
+    if parsed is None or parsed.group(1) != descriptor or parsed.group(2) != bin_label:
+        endings = "/_".join(_ATTRIBUTION_STATS)
+        raise ValueError(f"attribution descriptor {descriptor!r} / bin {bin_label!r} do not make a parseable key (a descriptor is "
+                         f"a name of letters, digits and '_'; a bin has no '=' or '/' and does not end in _{endings})")
+    return key(ATTRIBUTION, term, q, suffix)
+
+
+def attribution_of(k: MetricKey | str | None) -> AttributionQuantity | None:
+    """The parts of an attribution key (``…/element=C_se`` → ``AttributionQuantity('element', 'C', 'se')``), else None."""
+    if isinstance(k, str):
+        k = MetricKey.parse(k)
+    if k is None or k.family != ATTRIBUTION:
+        return None
+    m = _ATTRIBUTION.match(k.quantity)
+    return AttributionQuantity(m.group(1), m.group(2), m.group(3) or "") if m else None
 
 
 def scalar_key(family: str, name: str) -> str:

@@ -14,8 +14,10 @@ errors, quantiles and bootstrap intervals are those of the whole set, not an ave
 and returns a flat dict of floats under the names of :mod:`equivrepro.metrics.keys`.
 
 The estimators are those of :mod:`equivrepro.metrics.decomposition` (U-statistics for quadratic terms,
-jackknife otherwise, plug-in when the rotations enumerate a finite group: ``exact_group=True``) and, with
-``spectrum_l_max``, the degree spectrum of :mod:`equivrepro.metrics.spectral` from the same K copies.
+jackknife otherwise, plug-in when the rotations enumerate a finite group: ``exact_group=True``), with
+``spectrum_l_max`` the degree spectrum of :mod:`equivrepro.metrics.spectral`, and with ``attribution`` the
+binned per-entity maps of :mod:`equivrepro.metrics.attribution` (the task's :meth:`~equivrepro.task.Task.attribution`),
+all from the same K copies.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class EquivarianceMetric:
         suffix: evaluation suffix of the keys (``t=0.4``), if the held-out batches are one of several.
         chunk_size: rotations per forward pass (memory bound).
         spectrum_l_max: also the degree spectrum up to this degree for the quadratic terms (None: off).
+        attribution: also L_equiv binned by the task's per-entity descriptors (``attribution/…`` keys; tasks without
+            :meth:`~equivrepro.task.Task.attribution` give none).
         bootstrap: resamples for the percentile bootstrap interval of pct (0: off).
         seed: seed of the rotations drawn in :meth:`update` and of the bootstrap.
         sync: pool per-sample values across DDP ranks in :meth:`compute` (every rank must call it); False when
@@ -63,13 +67,14 @@ class EquivarianceMetric:
 
     def __init__(self, task: Task, *, k: int = 10, terms: tuple[LossTerm, ...] | None = None, family: str = keys.EQUIV,
                  exact_group: bool = False, suffix: str = "", chunk_size: int | None = None, spectrum_l_max: int | None = None,
-                 bootstrap: int = 1000, seed: int = 0, sync: bool = True):
+                 bootstrap: int = 1000, seed: int = 0, sync: bool = True, attribution: bool = False):
         if int(k) < 2:
             raise ValueError(f"the twirl decomposition needs k ≥ 2 rotations per sample, got k={k}")
         self.task, self.k, self.terms = task, int(k), tuple(terms or task.terms)
         self.family, self.exact_group, self.suffix, self.chunk_size = family, bool(exact_group), suffix, chunk_size
         self.spectrum_l_max = None if spectrum_l_max is None else int(spectrum_l_max)
         self.bootstrap, self.seed, self.sync = int(bootstrap), int(seed), bool(sync)
+        self.attribution = bool(attribution)
         self._generator = torch.Generator().manual_seed(self.seed)
         self.reset()
 
@@ -77,6 +82,7 @@ class EquivarianceMetric:
     def reset(self) -> None:
         self._parts: dict[str, list[TermDecomposition]] = {}
         self._spectra: dict[str, list[Any]] = {}
+        self._binned: dict[str, list[Any]] = {}
 
     def update(self, model_or_predictions: nn.Module | Callable[[Batch], Prediction] | Mapping[str, torch.Tensor], batch: Batch,
                rotations: torch.Tensor | None = None) -> dict[str, TermDecomposition]:
@@ -108,6 +114,14 @@ class EquivarianceMetric:
             rot = per_sample_rotations(rotations, batch_size(batch))
             for name, spec in degree_spectra(z, rot, self.task, batch, l_max=self.spectrum_l_max, terms=self.terms).items():
                 self._spectra.setdefault(name, []).append(spec)
+        if self.attribution:
+            from equivrepro.metrics.attribution import binned_equiv
+
+            attributions = self.task.attribution(batch)
+            for term in self.terms if attributions else ():
+                binned = binned_equiv(z, term, target, batch, attributions, exact_group=self.exact_group)
+                if binned is not None:
+                    self._binned.setdefault(term.name, []).append(binned)
         return out
 
     def results(self) -> dict[str, TermDecomposition]:
@@ -133,6 +147,19 @@ class EquivarianceMetric:
             out[name] = DegreeSpectrum(spec.name, spec.k, spec.l_max, est, eq, tot, spec.centring)
         return out
 
+    def attributions(self) -> dict[str, Any]:
+        """Pooled :class:`~equivrepro.metrics.attribution.BinnedEquiv` of every attributed term (empty when off)."""
+        from equivrepro.metrics.attribution import BinnedEquiv
+
+        pooled = {name: BinnedEquiv.concat(parts) for name, parts in self._binned.items()}
+        if not self.sync:
+            return pooled
+        out = {}
+        for name, b in pooled.items():
+            sums, counts, equiv = gather_per_sample([b.sums, b.counts, b.equiv])
+            out[name] = BinnedEquiv(b.term, b.entity, b.bins, sums, counts, equiv, b.descriptors)
+        return out
+
     def compute(self) -> dict[str, float]:
         """Summaries of every term under :func:`keys.key` names (``family/[suffix/]term/quantity``)."""
         if not self._parts:
@@ -144,6 +171,8 @@ class EquivarianceMetric:
                 out[keys.key(self.family, name, q, self.suffix)] = v
         for spec in self.spectra().values():
             out.update(spec.metrics(self.suffix))
+        for binned in self.attributions().values():
+            out.update(binned.metrics(self.suffix))
         return out
 
     # --- helpers ---------------------------------------------------------------------------------------

@@ -54,6 +54,16 @@ class PointCloudTask(Task):
     def null_prediction(self, batch: Batch) -> Prediction:
         return {"vec": torch.zeros_like(batch["target"])}
 
+    def attribution(self, batch: Batch):
+        """Per point (the three components summed): its distance from the cloud's centroid (units of ``pos``)."""
+        from equivrepro.metrics.attribution import Attribution, Descriptor, centroid_distances
+
+        pos = batch["pos"]
+        mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
+        dist = Descriptor("centroid_distance", centroid_distances(pos.double(), mask), edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, float("inf")),
+                          label="distance from the centroid")
+        return {"vec": Attribution("point", (dist,), mask=mask)}
+
     def make_baseline(self):
         """``v̂ = c·x`` (one parameter, exactly equivariant; the target is ``2·x``, so it fits the data exactly)."""
         from equivrepro.metrics.baselines import LinearBaseline

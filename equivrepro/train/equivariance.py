@@ -15,10 +15,19 @@ changed, and it fits the task's cheap equivariant baseline on training samples. 
 * with ``floor``: ``equiv_floor/[S/]T/{total,equiv,pct}`` — the baseline (an equivariant, input-dependent
   predictor) through the same rotate/unrotate path: what the instrument alone contributes (round-off for
   exact group actions, > 0 for resampled grids), and ``equiv/[S/]T/pct_net`` = (L_equiv − floor) / L_total;
-* with ``cube_group``: ``equiv_cube/[S/]T/…`` — the exact 24-rotation cube-group twirl;
+* with ``cube_group``: ``equiv_cube/[S/]T/…`` — the exact 24-rotation cube-group twirl (``'final'``: at the last
+  evaluation only, where 24 forward passes per sample would dominate a CPU run);
 * with ``spectrum_l_max``: ``spectrum/[S/]T/l=<l>`` (and the remainder, Lie sum, shares) from the same K copies;
-* with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio}`` on the *same*
-  weights and samples as pct (the evaluated model: the EMA weights when EMA is on);
+  ``attribution/[S/]T/<descriptor>=<bin>[_se|_per_entity|_count]`` — the share of L_equiv per bin of the task's
+  per-entity descriptors (:meth:`~equivrepro.task.Task.attribution`; element, distance from the centroid, …), from
+  the same copies; and at the *last* evaluation only (``callback(model, final=True)``) the error against rotation
+  angle for the primary term, ``angle/[S/]T/{measured,predicted}_deg=<ω>[_se|_upper]`` — measured directly on the
+  same held-out batches (``angle_rotations`` Haar g per sample, each compared with g·r_ω for every angle:
+  ``angle_rotations · (1 + #angles)`` extra copies per sample) and predicted from the spectrum;
+* with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio,grad_pct}`` on the *same*
+  weights as pct (the evaluated model: the EMA weights when EMA is on) and, with ``grad_samples``, on the first that
+  many held-out samples, whose own pct is ``grad_pct`` — so the ratio and its pct come from identical weights and
+  samples (one forward pass with autograd, two backward passes);
 * with ``linear_head``: ``head/{deviation,relative_deviation,…}`` of the evaluated model's head.
 
 Evaluation steps (:func:`evaluation_steps`): step 0, the last step, and either every ``every`` steps or
@@ -27,6 +36,7 @@ Evaluation steps (:func:`evaluation_steps`): step 0, the last step, and either e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -70,6 +80,19 @@ def _trainable(model: nn.Module) -> Iterator[list[nn.Parameter]]:
             p.requires_grad_(r)
 
 
+def _first_samples(batches: list[Batch], rotations: list[torch.Tensor], m: int) -> tuple[list[Batch], list[torch.Tensor]]:
+    """The first ``m`` samples of a chunked held-out set (chunks cut where needed)."""
+    out_b, out_r, left = [], [], int(m)
+    for batch, rot in zip(batches, rotations):
+        if left <= 0:
+            break
+        take = min(left, int(rot.shape[0]))
+        out_b.append({key: v[:take] if torch.is_tensor(v) and v.dim() > 0 else v for key, v in batch.items()})
+        out_r.append(rot[:take])
+        left -= take
+    return out_b, out_r
+
+
 def _norm(grads: list[torch.Tensor | None]) -> float:
     sq = [g.double().pow(2).sum() for g in grads if g is not None]
     return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
@@ -90,10 +113,14 @@ class EquivarianceCallback:
         seed: int = 1234,
         grad_norms: bool = False,
         grad_suffixes: list[str] | None = None,
-        cube_group: bool = False,
+        grad_samples: int | None = None,
+        cube_group: bool | str = False,
         floor: bool = False,
         linear_head: str | None = None,
         spectrum_l_max: int | None = None,
+        attribution: bool | None = None,
+        angle_degrees: Sequence[float] = (15.0, 30.0, 60.0, 90.0, 120.0, 180.0),
+        angle_rotations: int = 2,
         bootstrap: int = 1000,
         train_dataset=None,
         baseline_samples: int = 64,
@@ -101,12 +128,19 @@ class EquivarianceCallback:
     ):
         self.task, self.device = task, device
         self.k, self.chunk_size, self.bootstrap, self.seed = int(k), chunk_size, int(bootstrap), int(seed)
-        self.want_grad, self.want_cube, self.want_floor = bool(grad_norms), bool(cube_group), bool(floor)
+        if cube_group not in (True, False, "final"):
+            raise ValueError(f"equivariance.cube_group must be true, false or 'final', got {cube_group!r}")
+        self.want_grad, self.want_floor = bool(grad_norms), bool(floor)
+        self.cube_final_only = cube_group == "final"
         self.grad_suffixes = None if grad_suffixes is None else [str(s) for s in grad_suffixes]
+        self.grad_samples = None if grad_samples is None else int(grad_samples)
         self.linear_head, self.spectrum_l_max = linear_head, spectrum_l_max
+        # the per-entity attribution and the angle curve come with the spectrum unless asked for separately
+        self.want_attribution = spectrum_l_max is not None if attribution is None else bool(attribution)
+        self.angle_degrees, self.angle_rotations = tuple(float(a) for a in angle_degrees), int(angle_rotations)
         self.heldout = freeze_heldout(task, heldout_dataset, collate, num_samples, k, batch_size, seed, device=device, dtype=dtype)
         self.num_samples = self.heldout.num_samples
-        self.cube = octahedral_group(dtype=dtype, device=device) if cube_group else None
+        self.cube = octahedral_group(dtype=dtype, device=device) if cube_group else None  # "final": at the last evaluation only
         self.baselines = self._fit_baselines(train_dataset, collate, int(baseline_samples), dtype) if train_dataset is not None else {}
         if self.want_floor and not self.baselines:
             raise ValueError("equivariance.floor=true needs the task's equivariant baseline (task.make_baseline()) and training "
@@ -167,17 +201,26 @@ class EquivarianceCallback:
     def _grad_wanted(self, suffix: str) -> bool:
         return self.want_grad and (self.grad_suffixes is None or suffix in self.grad_suffixes)
 
-    def _evaluate_suffix(self, model: nn.Module, suffix: str, batches: list[Batch], rotations: list[torch.Tensor]) -> dict[str, float]:
+    def _evaluate_suffix(self, model: nn.Module, suffix: str, batches: list[Batch], rotations: list[torch.Tensor],
+                         final: bool = False) -> dict[str, float]:
         metric = EquivarianceMetric(self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, spectrum_l_max=self.spectrum_l_max,
-                                    bootstrap=self.bootstrap, seed=self.seed, sync=False)
+                                    bootstrap=self.bootstrap, seed=self.seed, sync=False, attribution=self.want_attribution)
         out: dict[str, float] = {}
-        if self._grad_wanted(suffix):
+        n = sum(int(r.shape[0]) for r in rotations)
+        if self._grad_wanted(suffix) and (self.grad_samples is None or self.grad_samples >= n):
             out.update(self._update_with_gradients(model, metric, suffix, batches, rotations))
         else:
             with torch.no_grad():
                 for batch, rot in zip(batches, rotations):
                     metric.update(model, batch, rot)
+            if self._grad_wanted(suffix):  # on the first grad_samples held-out samples (their own pct beside the ratio)
+                sub_b, sub_r = _first_samples(batches, rotations, self.grad_samples)
+                scratch = EquivarianceMetric(self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False,
+                                             terms=(self.task.primary_term,))
+                out.update(self._update_with_gradients(model, scratch, suffix, sub_b, sub_r))
         out.update(metric.compute())
+        if final:
+            out.update(self._angle_curve(model, metric, suffix, batches))
         out.update(self._model_free_part(suffix, batches, rotations))
         for term in self.task.terms:
             k = keys.MetricKey(keys.EQUIV, term.name, "total", suffix)
@@ -189,7 +232,7 @@ class EquivarianceCallback:
             fe = out.get(keys.key(keys.FLOOR, term.name, "equiv", suffix))
             if fe is not None and total:
                 out[str(k.with_(quantity="pct_net"))] = (out[str(k.with_(quantity="equiv"))] - fe) / total
-        if self.cube is not None:
+        if self.cube is not None and (final or not self.cube_final_only):
             cube = EquivarianceMetric(self.task, k=self.cube.shape[0], family=keys.CUBE, exact_group=True, suffix=suffix,
                                       chunk_size=self.chunk_size, bootstrap=0, sync=False)
             with torch.no_grad():
@@ -198,6 +241,31 @@ class EquivarianceCallback:
             for name, v in cube.compute().items():
                 if keys.parse(name).quantity in ("total", "mean", "equiv", "pct", "pct_se", "pct_q50", "pct_q90", "pct_max"):
                     out[name] = v
+        return out
+
+    def _angle_curve(self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch]) -> dict[str, float]:
+        """The primary term's error against rotation angle, measured on the frozen batches and predicted from the spectrum
+        (needs ``spectrum_l_max``; nothing for a non-quadratic primary term or ``angle_rotations=0``)."""
+        from equivrepro.metrics.spectral import AngleCurve, angle_curve_measured, angle_curve_predicted
+
+        term = self.task.primary_term
+        spectrum = metric.spectra().get(term.name)
+        if spectrum is None or self.angle_rotations < 1 or not self.angle_degrees:
+            return {}
+        omegas = torch.tensor(self.angle_degrees, dtype=torch.float64) * (torch.pi / 180)
+        gen = torch.Generator().manual_seed(self.seed + 2)
+        with torch.no_grad():
+            parts = [angle_curve_measured(model, self.task, batch, omegas, self.angle_rotations, gen, term, chunk_size=self.chunk_size)
+                     for batch in batches]
+        measured = AngleCurve(omegas, torch.cat([p.per_sample for p in parts]))
+        predicted = angle_curve_predicted(spectrum, omegas)
+        out: dict[str, float] = {}
+        for i, deg in enumerate(self.angle_degrees):
+            out[keys.angle_key(term.name, "measured", deg, suffix)] = float(measured.mean[i])
+            out[keys.angle_key(term.name, "measured", deg, suffix, "se")] = float(measured.se[i])
+            out[keys.angle_key(term.name, "predicted", deg, suffix)] = float(predicted.mean[i])
+            out[keys.angle_key(term.name, "predicted", deg, suffix, "se")] = float(predicted.se[i])
+            out[keys.angle_key(term.name, "predicted", deg, suffix, "upper")] = float(predicted.upper[i])
         return out
 
     def _update_with_gradients(self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch],
@@ -220,18 +288,22 @@ class EquivarianceCallback:
                 metric.update_from_predictions({kk: v.detach() for kk, v in z.items()}, batch, rot)
         ne, nm = _norm(g_equiv or []), _norm(g_mean or [])
         k = keys.MetricKey(keys.EQUIV, term.name, "equiv_grad_norm", suffix)
+        pooled = metric.results()[term.name]
         return {str(k): ne, str(k.with_(quantity="mean_grad_norm")): nm,
-                str(k.with_(quantity="grad_norm_ratio")): ne / nm if nm > 0 else float("nan")}
+                str(k.with_(quantity="grad_norm_ratio")): ne / nm if nm > 0 else float("nan"),
+                # pct of exactly the samples and weights the gradients were taken on
+                str(k.with_(quantity="grad_pct")): float(pooled.equiv_unbiased.sum() / pooled.total.sum())}
 
-    def __call__(self, model: nn.Module) -> dict[str, float]:
-        """All metrics of ``model`` (the EMA weights when EMA is on), in eval mode, then restored."""
+    def __call__(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        """All metrics of ``model`` (the EMA weights when EMA is on), in eval mode, then restored. ``final``: the run's
+        last evaluation (adds the angle curve)."""
         was_training = model.training
         model.eval()
         out: dict[str, float] = {}
         try:
             for suffix in self.heldout.suffixes:
                 batches, rotations = self.heldout.select(suffix)
-                out.update(self._evaluate_suffix(model, suffix, batches, rotations))
+                out.update(self._evaluate_suffix(model, suffix, batches, rotations, final=final))
         finally:
             model.train(was_training)
         if self.linear_head:

@@ -168,7 +168,9 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
             callback = EquivarianceCallback(
                 task, datamodule.heldout_dataset, datamodule.collate, device,
                 num_samples=ecfg.num_samples, k=ecfg.k, batch_size=ecfg.batch_size, chunk_size=ecfg.chunk_size,
-                seed=ecfg.seed, grad_norms=ecfg.grad_norms, grad_suffixes=ecfg.get("grad_suffixes"), cube_group=ecfg.cube_group,
+                seed=ecfg.seed, grad_norms=ecfg.grad_norms, grad_suffixes=ecfg.get("grad_suffixes"), grad_samples=ecfg.get("grad_samples"),
+                cube_group=ecfg.cube_group, angle_rotations=int(ecfg.get("angle_rotations", 2)),
+                angle_degrees=tuple(ecfg.get("angle_degrees") or (15, 30, 60, 90, 120, 180)),
                 floor=ecfg.floor, linear_head=ecfg.get("linear_head"), spectrum_l_max=ecfg.get("spectrum_l_max"),
                 bootstrap=int(ecfg.get("bootstrap", 1000)), train_dataset=datamodule.train_dataset,
                 baseline_samples=int(ecfg.get("baseline_samples", 64)),
@@ -188,7 +190,7 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
         if callback is None:
             return {}
         t0 = time.perf_counter()
-        metrics = callback(ema.model if ema is not None else model)
+        metrics = callback(ema.model if ema is not None else model, final=step == max_steps)
         dt = time.perf_counter() - t0
         eval_seconds += dt
         metrics[keys.scalar_key(keys.TIME, "equivariance_eval_s")] = dt

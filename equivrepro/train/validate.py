@@ -73,7 +73,9 @@ _RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     },
     "equivariance": {
         "every": _int(0), "log_points": _int(0), "num_samples": _int(1), "k": _int(2), "chunk_size": _int(1, nullable=True),
-        "batch_size": _int(1), "seed": _int(0), "grad_norms": _bool, "cube_group": _bool, "floor": _bool,
+        "batch_size": _int(1), "seed": _int(0), "grad_norms": _bool, "floor": _bool,
+        "cube_group": lambda v: None if v in (True, False, "final") else "true, false or 'final'",
+        "grad_samples": _int(1, nullable=True), "angle_rotations": _int(0),
         "spectrum_l_max": _int(1, nullable=True), "bootstrap": _int(0), "baseline_samples": _int(0), "grad_suffixes": _str_list_or_null,
     },
 }

@@ -135,6 +135,24 @@ class FlowMatchingTask(Task):
         """The zero velocity field."""
         return {"v": torch.zeros_like(batch["x1"])}
 
+    #: bins of the per-residue descriptors: position along the chain (fraction) and distance from the centroid [nm]
+    POSITION_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    CENTROID_EDGES_NM = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, float("inf"))
+
+    def attribution(self, batch: Batch):
+        """Per residue (the three velocity components summed): its position along the chain, (rank among the real
+        residues) / (n − 1) in [0, 1], and the distance of its clean Cα ``x1`` from the chain's centroid [nm]."""
+        from equivrepro.metrics.attribution import Attribution, Descriptor, centroid_distances
+
+        mask = batch["mask"].bool()
+        rank = mask.long().cumsum(1) - 1
+        n = mask.sum(1, keepdim=True).clamp_min(2) - 1
+        position = Descriptor("sequence_position", (rank.double() / n.double()) * mask, edges=self.POSITION_EDGES,
+                              label="position along the chain (fraction)")
+        dist = Descriptor("centroid_distance_nm", centroid_distances(batch["x1"].double(), mask), edges=self.CENTROID_EDGES_NM,
+                          label="distance from the centroid (nm)")
+        return {"v": Attribution("residue", (position, dist), mask=mask)}
+
     def make_baseline(self):
         """``v̂ = c·x_t`` (:func:`tasks.flowmatching.baseline.make_velocity_baseline`), unfitted; fit one per flow time."""
         from tasks.flowmatching.baseline import make_velocity_baseline

@@ -162,6 +162,18 @@ class ForceFieldTask(Task):
     def null_prediction(self, batch: Batch) -> Prediction:
         return {"energy": torch.zeros_like(batch["energy"]), "forces": torch.zeros_like(batch["forces"])}
 
+    #: bin edges [Å] of the per-atom distance from the molecule's centroid (SPICE-size molecules reach ~8 Å)
+    CENTROID_EDGES_A = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, float("inf"))
+
+    def attribution(self, batch: Batch):
+        """Per atom (the three force components summed): its element and its distance from the molecule's centroid [Å]."""
+        from equivrepro.metrics.attribution import Attribution, Descriptor, centroid_distances, element_descriptor
+
+        mask = batch["mask"]
+        dist = Descriptor("centroid_distance_A", centroid_distances(batch["pos"].double(), mask), edges=self.CENTROID_EDGES_A,
+                          label="distance from the centroid (Å)")
+        return {"forces": Attribution("atom", (element_descriptor(batch["z"]), dist), mask=mask)}
+
     def make_baseline(self):
         """The pairwise radial force field and pair energy (:class:`tasks.forcefield.baseline.PairRadialBaseline`), unfitted."""
         from tasks.forcefield.baseline import PairRadialBaseline

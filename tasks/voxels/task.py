@@ -72,6 +72,8 @@ the bar a useful denoiser must clear) or ``'noisy_input'`` (the identity denoise
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -91,6 +93,11 @@ BASELINES = {
 def denoise_sse(pred: Prediction, target: Prediction, batch: Batch) -> torch.Tensor:
     """``(B,)``: Σ over channels and voxels of (x̂ − x)² (occupancy² units)."""
     return (pred["grid"] - target["grid"].to(pred["grid"].dtype)).pow(2).flatten(1).sum(1)
+
+
+def _sum_channels(element_map: torch.Tensor) -> torch.Tensor:
+    """``(B, C, L, L, L)`` per-element map → ``(B, L³)`` per voxel."""
+    return element_map.sum(1).flatten(1)
 
 
 def inscribed_ball(grid_size: int, margin: float = 1.0, device=None) -> torch.Tensor:
@@ -231,6 +238,22 @@ class VoxelDenoisingTask(Task):
         coords = batch["coords"]
         noise = torch.randn((coords.shape[0],) + self.grid_shape, generator=generator, dtype=coords.dtype)
         return {"": dict(batch, noise=noise.to(coords.device))}
+
+    def attribution(self, batch: Batch):
+        """Per voxel (all channels summed): its distance from the grid centre [Å] — the radial profile of the error.
+        Bins of 0.5 Å (1 Å for a box over 10 Å wide) out to the corners."""
+        from equivrepro.metrics.attribution import Attribution, Descriptor
+
+        v = self.voxelizer
+        c = (v.grid_size - 1) / 2
+        r = (torch.arange(v.grid_size, dtype=torch.float64) - c) * v.resolution
+        d = (r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2).sqrt().reshape(1, -1)
+        width = 0.5 if v.grid_size * v.resolution <= 10.0 else 1.0
+        edges = tuple(width * i for i in range(int(math.ceil(float(d.max()) / width + 1e-9)) + 1))
+        first = next(t for t in batch.values() if torch.is_tensor(t))
+        dist = Descriptor("centre_distance_A", d.to(first.device).expand(first.shape[0], -1), edges=edges,
+                          label="distance from the grid centre (Å)")
+        return {"grid": Attribution("voxel", (dist,), group=_sum_channels)}
 
     def null_prediction(self, batch: Batch) -> Prediction:
         if self.null_predictor == "noisy_input":
