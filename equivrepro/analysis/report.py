@@ -59,7 +59,7 @@ from typing import Any
 
 log = logging.getLogger("equivrepro.analyze")
 
-ANALYSES = ("spectrum", "landscape", "head-deviation", "twirl", "gradient-ratio")
+ANALYSES = ("spectrum", "landscape", "head-deviation", "twirl", "gradient-ratio", "degree-spectrum")
 DTYPES = ("float64", "float32")
 GENERIC_DEFAULTS: dict[str, Any] = {"params": "all", "grid_step": 0.002, "suffix": None, "smoke_flags": []}
 HEAD_METRIC = "deviation"
@@ -301,9 +301,14 @@ def analyse_gradient_ratio(rd, suffixes: list[str], suffix: str, term: str, args
         return {"skipped": f"the run has no {rd.METRICS}"}
     table = pd.DataFrame(rd.read_metrics(), columns=["step", "metric", "value"])
     names = set(table["metric"].unique())
+    def pct_key(s: str) -> str:
+        """``grad_pct`` (the pct of exactly the samples and weights the gradients were taken on) when the run logged it."""
+        own = keys.key(keys.EQUIV, term, "grad_pct", s)
+        return own if own in names else keys.key(keys.EQUIV, term, "pct", s)
+
     per_suffix = {}
     for s in suffixes:
-        pct, ratio = keys.key(keys.EQUIV, term, "pct", s), keys.key(keys.EQUIV, term, "grad_norm_ratio", s)
+        pct, ratio = pct_key(s), keys.key(keys.EQUIV, term, "grad_norm_ratio", s)
         if pct in names and ratio in names:
             try:
                 per_suffix[s] = ratio_correlation(wide_from_results(table, pct_metric=pct, ratio_metric=ratio))
@@ -315,9 +320,9 @@ def analyse_gradient_ratio(rd, suffixes: list[str], suffix: str, term: str, args
     if "skipped" in per_suffix[fig_suffix]:
         return {"skipped": f"suffix {fig_suffix!r}: {per_suffix[fig_suffix]['skipped']}", "per_suffix": per_suffix}
     ratio_key = keys.key(keys.EQUIV, term, "grad_norm_ratio", fig_suffix)
-    df = wide_from_results(table, pct_metric=keys.key(keys.EQUIV, term, "pct", fig_suffix), ratio_metric=ratio_key)
+    df = wide_from_results(table, pct_metric=pct_key(fig_suffix), ratio_metric=ratio_key)
     corr = gradient_ratio_scatter(df, out / "gradient_ratio", span_fraction=args.ema_span)
-    return {"suffix": fig_suffix, "metric": ratio_key, **corr, "per_suffix": per_suffix if len(per_suffix) > 1 else None}
+    return {"suffix": fig_suffix, "metric": ratio_key, "pct_metric": pct_key(fig_suffix), **corr, "per_suffix": per_suffix if len(per_suffix) > 1 else None}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -467,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x-axis: the logged head/<metric> (deviation, relative_deviation, row_variance, …)")
     g.add_argument("--bootstrap", type=int, default=2000, help="block-bootstrap resamples of the correlation intervals")
     g.add_argument("--twirl-ks", default="1,2,4,8,16")
+    g.add_argument("--spectrum-l-max", type=int, default=8,
+                   help="degree-spectrum analysis: largest degree (use a larger --k, e.g. 50, to resolve the high degrees)")
     g.add_argument("--twirl-draws", type=int, default=3, help="independent rotation draws per K")
     g.add_argument("--reference-k", type=int, default=32, help="rotations of the decomposition that predicts MSE(K)")
     g.add_argument("--ema-span", type=float, default=0.01,
@@ -648,6 +655,15 @@ def analyse(args: argparse.Namespace, rd) -> int:
         t = time.perf_counter()
         summary["gradient_ratio"] = analyse_gradient_ratio(rd, held.suffixes, suffix, term, args, out)
         seconds["gradient_ratio"] = time.perf_counter() - t
+
+    if "degree-spectrum" in args.selected:
+        from equivrepro.analysis.degree_spectrum import degree_spectrum_analysis
+
+        t = time.perf_counter()
+        ds = degree_spectrum_analysis(run, held, l_max=args.spectrum_l_max, suffixes=None if suffix == "all" else [suffix],
+                                      out=out / "degree_spectrum", chunk_size=run.config.equivariance.chunk_size, seed=args.seed_analysis)
+        summary["degree_spectrum"] = {k: v for k, v in ds.items() if k != "metrics"}
+        seconds["degree_spectrum"] = time.perf_counter() - t
 
     for name in ("head_deviation", "gradient_ratio"):
         if name in summary and "skipped" in summary[name]:

@@ -1,4 +1,7 @@
-"""Task-agnostic twirl decomposition of a loss into its mean-prediction and equivariance parts."""
+"""Task-agnostic twirl decomposition of a loss into its mean-prediction and equivariance parts.
+
+:class:`EquivarianceMetric` (update / compute / reset) is the entry point for any training loop; the functions
+below are what it is made of."""
 
 from equivrepro.metrics.decomposition import (
     TermDecomposition,
@@ -22,8 +25,10 @@ from equivrepro.metrics.spectral import (
     removed_degrees,
 )
 from equivrepro.metrics.twirl import TwirledPredictor
+from equivrepro.metrics.metric import EquivarianceMetric  # noqa: E402  (after the modules it builds on)
 
 __all__ = [
+    "EquivarianceMetric",
     "AngleCurve",
     "DegreeSpectrum",
     "angle_curve_measured",

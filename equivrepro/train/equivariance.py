@@ -37,8 +37,7 @@ Evaluation steps (:func:`evaluation_steps`): step 0, the last step, and either e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,7 +46,7 @@ from torch import nn
 from equivrepro.analysis.heldout import freeze_heldout
 from equivrepro.analysis.linear_head import deviation_norm, get_linear_head
 from equivrepro.metrics import keys
-from equivrepro.metrics.decomposition import TermDecomposition, decompose_term, untwisted_predictions
+from equivrepro.metrics.gradients import gradient_norms
 from equivrepro.metrics.metric import EquivarianceMetric
 from equivrepro.rotations import octahedral_group
 from equivrepro.task import Batch, Task
@@ -66,20 +65,6 @@ def evaluation_steps(max_steps: int, every: int = 0, log_points: int = 0) -> set
     return {s for s in steps if 0 <= s <= int(max_steps)}
 
 
-@contextmanager
-def _trainable(model: nn.Module) -> Iterator[list[nn.Parameter]]:
-    """Every floating parameter of ``model`` requires grad within the block (EMA copies do not), restored after."""
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    before = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        yield params
-    finally:
-        for p, r in zip(params, before):
-            p.requires_grad_(r)
-
-
 def _first_samples(batches: list[Batch], rotations: list[torch.Tensor], m: int) -> tuple[list[Batch], list[torch.Tensor]]:
     """The first ``m`` samples of a chunked held-out set (chunks cut where needed)."""
     out_b, out_r, left = [], [], int(m)
@@ -91,11 +76,6 @@ def _first_samples(batches: list[Batch], rotations: list[torch.Tensor], m: int) 
         out_r.append(rot[:take])
         left -= take
     return out_b, out_r
-
-
-def _norm(grads: list[torch.Tensor | None]) -> float:
-    sq = [g.double().pow(2).sum() for g in grads if g is not None]
-    return float(torch.stack(sq).sum().sqrt()) if sq else 0.0
 
 
 class EquivarianceCallback:
@@ -270,29 +250,14 @@ class EquivarianceCallback:
 
     def _update_with_gradients(self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch],
                                rotations: list[torch.Tensor]) -> dict[str, float]:
-        """One forward pass per chunk with autograd on: the chunk feeds the metric (detached) *and* the gradients of
-        the held-out L_equiv and L_mean of the primary term (sample-weighted over chunks), on the same weights."""
-        term = self.task.primary_term
-        n = sum(int(r.shape[0]) for r in rotations)
-        g_equiv: list[torch.Tensor | None] | None = None
-        g_mean: list[torch.Tensor | None] | None = None
-        with _trainable(model) as params:
-            for batch, rot in zip(batches, rotations):
-                z = untwisted_predictions(model, self.task, batch, rot, chunk_size=self.chunk_size)
-                dec: TermDecomposition = decompose_term(term, z, self.task.targets(batch), batch)
-                w = rot.shape[0] / n
-                ge = torch.autograd.grad(dec.equiv_unbiased.mean() * w, params, retain_graph=True, allow_unused=True)
-                gm = torch.autograd.grad(dec.mean_unbiased.mean() * w, params, allow_unused=True)
-                g_equiv = list(ge) if g_equiv is None else [a if b is None else (b if a is None else a + b) for a, b in zip(g_equiv, ge)]
-                g_mean = list(gm) if g_mean is None else [a if b is None else (b if a is None else a + b) for a, b in zip(g_mean, gm)]
-                metric.update_from_predictions({kk: v.detach() for kk, v in z.items()}, batch, rot)
-        ne, nm = _norm(g_equiv or []), _norm(g_mean or [])
-        k = keys.MetricKey(keys.EQUIV, term.name, "equiv_grad_norm", suffix)
-        pooled = metric.results()[term.name]
-        return {str(k): ne, str(k.with_(quantity="mean_grad_norm")): nm,
-                str(k.with_(quantity="grad_norm_ratio")): ne / nm if nm > 0 else float("nan"),
-                # pct of exactly the samples and weights the gradients were taken on
-                str(k.with_(quantity="grad_pct")): float(pooled.equiv_unbiased.sum() / pooled.total.sum())}
+        """Gradient norms of the held-out L_equiv and L_mean of the primary term on the evaluated weights; the same
+        forward passes feed ``metric`` (no second pass)."""
+        g = gradient_norms(model, self.task, batches, rotations, chunk_size=self.chunk_size,
+                           on_predictions=lambda z, b, r: metric.update_from_predictions(z, b, r))
+        k = keys.MetricKey(keys.EQUIV, self.task.primary_term.name, "equiv_grad_norm", suffix)
+        return {str(k): g["equiv_grad_norm"], str(k.with_(quantity="mean_grad_norm")): g["mean_grad_norm"],
+                str(k.with_(quantity="grad_norm_ratio")): g["grad_norm_ratio"],
+                str(k.with_(quantity="grad_pct")): g["pct"]}  # pct of exactly the samples and weights of the gradients
 
     def __call__(self, model: nn.Module, final: bool = False) -> dict[str, float]:
         """All metrics of ``model`` (the EMA weights when EMA is on), in eval mode, then restored. ``final``: the run's

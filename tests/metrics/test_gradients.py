@@ -67,7 +67,14 @@ def test_gradient_norms_match_manual_and_finite_difference_gradients():
     rot = haar_rotations(5, torch.Generator().manual_seed(0), torch.float64)
     model = LinearPointModel(a_mat)
     out = gradient_norms(model, TASK, batch, rot)
-    assert set(out) == {"equiv_grad_norm", "mean_grad_norm", "grad_norm_ratio"}
+    assert set(out) == {"equiv_grad_norm", "mean_grad_norm", "grad_norm_ratio", "pct"}
+    dec = twirl_decomposition(model, TASK, batch, rot)["mse"]
+    assert out["pct"] == pytest.approx(float(dec.equiv_unbiased.sum() / dec.total.sum()), rel=1e-12)
+    # the same numbers from the batch cut into chunks (sample-weighted pooling)
+    halves = [{k: v[:3] for k, v in batch.items()}, {k: v[3:] for k, v in batch.items()}]
+    chunked = gradient_norms(model, TASK, halves, [rot, rot])
+    for key, v in out.items():
+        assert chunked[key] == pytest.approx(v, rel=1e-10), key
     g_equiv, g_mean = _manual_gradients(a_mat, batch, rot)
     assert out["equiv_grad_norm"] == pytest.approx(float(g_equiv.norm()), rel=1e-10)
     assert out["mean_grad_norm"] == pytest.approx(float(g_mean.norm()), rel=1e-10)
