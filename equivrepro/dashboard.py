@@ -45,20 +45,26 @@ import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from equivrepro.metrics import keys
 from equivrepro.metrics.headline import PCT_FINAL, PCT_MIN, REL_BASELINE, REL_NULL, below_quantity, summary_key
 from equivrepro.train.loggers import (
-    DIMENSIONS, STEP_METRIC, dimension_key, dimension_of, run_group, run_job_type, sweep_dimensions,
+    DIMENSIONS,
+    STEP_METRIC,
+    dimension_key,
+    dimension_of,
+    run_group,
+    run_job_type,
+    sweep_dimensions,
 )
 
 log = logging.getLogger("equivrepro.dashboard")
 
-__all__ = ["RunInfo", "TaskView", "local_runs", "wandb_runs", "discover", "build_spec", "to_workspace", "main",
-           "GROUPABLE"]
+__all__ = ["RunInfo", "TaskView", "local_runs", "wandb_runs", "discover", "build_spec", "to_workspace", "main", "GROUPABLE"]
 
 #: dimensions a panel may group by, in order of preference (seeds are replicates: averaged, never grouped;
 #: ``n_params`` says what ``model_label`` says)
@@ -74,7 +80,7 @@ class RunInfo:
     name: str
     task: str | None
     group: str | None
-    dims: dict[str, Any]            # {dim_<column>: value}
+    dims: dict[str, Any]  # {dim_<column>: value}
     metrics: set[str]
     primary_term: str | None = None
 
@@ -86,14 +92,14 @@ class TaskView:
     task: str
     title: str
     runs: int
-    terms: list[str]                                  # primary first
-    suffixes: dict[str, list[str]]                    # term → evaluation suffixes (natural order)
-    suffix: str                                       # the primary term's headline suffix (the card's, else the first)
-    grouping: list[str]                               # dim_<column> keys that vary across the runs
-    losses: dict[tuple[str, str], list[str]]          # (term, suffix) → L quantities logged
-    ratios: dict[tuple[str, str], list[str]]          # (term, suffix) → reference ratios logged
-    spectrum: dict[tuple[str, str], list[int]] = field(default_factory=dict)   # (term, suffix) → degrees
-    compute: list[str] = field(default_factory=list)                          # compute/… keys
+    terms: list[str]  # primary first
+    suffixes: dict[str, list[str]]  # term → evaluation suffixes (natural order)
+    suffix: str  # the primary term's headline suffix (the card's, else the first)
+    grouping: list[str]  # dim_<column> keys that vary across the runs
+    losses: dict[tuple[str, str], list[str]]  # (term, suffix) → L quantities logged
+    ratios: dict[tuple[str, str], list[str]]  # (term, suffix) → reference ratios logged
+    spectrum: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (term, suffix) → degrees
+    compute: list[str] = field(default_factory=list)  # compute/… keys
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -154,8 +160,16 @@ def wandb_runs(entity: str, project: str, sweep: str | None = None, api: Any = N
         if not dims:  # a run logged before the sink wrote dimensions
             dims = sweep_dimensions(config)
         summary = getattr(run, "summary", None) or {}
-        out.append(RunInfo(getattr(run, "name", "?"), run_job_type(config, getattr(run, "job_type", None) or None),
-                           getattr(run, "group", None), dims, set(summary.keys()), _primary_term(config)))
+        out.append(
+            RunInfo(
+                getattr(run, "name", "?"),
+                run_job_type(config, getattr(run, "job_type", None) or None),
+                getattr(run, "group", None),
+                dims,
+                set(summary.keys()),
+                _primary_term(config),
+            )
+        )
     return out
 
 
@@ -165,8 +179,8 @@ def wandb_runs(entity: str, project: str, sweep: str | None = None, api: Any = N
 @dataclass(frozen=True)
 class _Card:
     title: str
-    dimensions: tuple[str, ...]   # run_columns names; empty: any varying dimension
-    suffix: str | None            # the evaluation suffix the task's analyses prefer
+    dimensions: tuple[str, ...]  # run_columns names; empty: any varying dimension
+    suffix: str | None  # the evaluation suffix the task's analyses prefer
 
 
 def _cards() -> dict[str, _Card]:
@@ -178,8 +192,10 @@ def _cards() -> dict[str, _Card]:
     except Exception as exc:  # no catalog, or a malformed card: the dashboard still works from the runs alone
         log.info("task cards not used: %s", exc)
         return {}
-    return {t: _Card(str(getattr(c, "title", t)), tuple(getattr(c, "dimensions", ()) or ()),
-                     (getattr(c, "analysis", None) or {}).get("suffix")) for t, c in cards.items()}
+    return {
+        t: _Card(str(getattr(c, "title", t)), tuple(getattr(c, "dimensions", ()) or ()), (getattr(c, "analysis", None) or {}).get("suffix"))
+        for t, c in cards.items()
+    }
 
 
 def _hashable(v: Any) -> Any:
@@ -237,14 +253,28 @@ def discover(runs: Sequence[RunInfo]) -> list[TaskView]:
             if degree is not None:
                 spectrum.setdefault((k.term, k.suffix), []).append(degree)
         rank = {t: i for i, t in enumerate(terms)}
-        spectrum = {ts: sorted(set(spectrum[ts])) for ts in
-                    sorted(spectrum, key=lambda ts: (rank.get(ts[0], len(rank)), ts[0], keys.suffix_sort_key(ts[1])))}
+        spectrum = {
+            ts: sorted(set(spectrum[ts]))
+            for ts in sorted(spectrum, key=lambda ts: (rank.get(ts[0], len(rank)), ts[0], keys.suffix_sort_key(ts[1])))
+        }
         compute = sorted(m for m in names if m.split("/", 1)[0] == keys.COMPUTE)
         card = cards.get(task)
         suffix = card.suffix if card and card.suffix in suffixes[primary] else suffixes[primary][0]
-        views.append(TaskView(task=task, title=card.title if card else task, runs=len(rs), terms=terms, suffixes=suffixes,
-                              suffix=suffix, grouping=_varying(rs, card.dimensions if card else ()), losses=losses,
-                              ratios=ratios, spectrum=spectrum, compute=compute))
+        views.append(
+            TaskView(
+                task=task,
+                title=card.title if card else task,
+                runs=len(rs),
+                terms=terms,
+                suffixes=suffixes,
+                suffix=suffix,
+                grouping=_varying(rs, card.dimensions if card else ()),
+                losses=losses,
+                ratios=ratios,
+                spectrum=spectrum,
+                compute=compute,
+            )
+        )
     order = {t: i for i, t in enumerate(cards)}
     return sorted(views, key=lambda v: (order.get(v.task, len(order)), v.task))
 
@@ -286,25 +316,59 @@ def _task_panels(v: TaskView) -> list[dict[str, Any]]:
         panels.append(_line(f"L_total / L_mean / L_equiv ({primary}{at})", [keys.key(keys.EQUIV, primary, q, s0) for q in qs], first))
     rel = v.ratios.get((primary, s0), [])
     if rel:
-        panels.append(_line(f"L / L_base ({primary}{at}): below 1 = the model has left its baseline",
-                            [keys.key(keys.EQUIV, primary, q, s0) for q in rel], first))
-    panels.append({"kind": "bar", "title": f"headline ({primary}{at}): pct min and final", "summary": True, "groupby": first,
-                   "metrics": [summary_key(pct(primary, s0), q) for q in (PCT_MIN, PCT_FINAL)]})
+        panels.append(
+            _line(
+                f"L / L_base ({primary}{at}): below 1 = the model has left its baseline",
+                [keys.key(keys.EQUIV, primary, q, s0) for q in rel],
+                first,
+            )
+        )
+    panels.append(
+        {
+            "kind": "bar",
+            "title": f"headline ({primary}{at}): pct min and final",
+            "summary": True,
+            "groupby": first,
+            "metrics": [summary_key(pct(primary, s0), q) for q in (PCT_MIN, PCT_FINAL)],
+        }
+    )
     if len(v.suffixes[primary]) > 1:
-        panels.append({"kind": "bar", "title": f"final pct ({primary}) at every evaluation suffix", "summary": True,
-                       "groupby": first, "metrics": [summary_key(pct(primary, s), PCT_FINAL) for s in v.suffixes[primary]]})
+        panels.append(
+            {
+                "kind": "bar",
+                "title": f"final pct ({primary}) at every evaluation suffix",
+                "summary": True,
+                "groupby": first,
+                "metrics": [summary_key(pct(primary, s), PCT_FINAL) for s in v.suffixes[primary]],
+            }
+        )
     for (t, s), degrees in v.spectrum.items():
         if t in v.suffixes and s != _headline_suffix(v, t):
             continue
         ys = [keys.degree_key(t, l, s) for l in degrees]
         # lines, not a stacked area: a stack would pile up the degrees of every run of the sweep
         panels.append(_line(f"degree spectrum E_l ({t}{_suffix_label(s)})", ys, first))
-        panels.append({"kind": "bar", "title": f"degree spectrum at the end ({t}{_suffix_label(s)})", "metrics": ys,
-                       "summary": False, "groupby": first})
+        panels.append(
+            {
+                "kind": "bar",
+                "title": f"degree spectrum at the end ({t}{_suffix_label(s)})",
+                "metrics": ys,
+                "summary": False,
+                "groupby": first,
+            }
+        )
     total = keys.key(keys.EQUIV, primary, "total", s0)
     for c in v.compute:
-        panels.append({"kind": "scatter", "title": f"efficiency gap: final L_total ({primary}{at}) vs {c}", "x": c, "y": total,
-                       "log_x": True, "log_y": True})
+        panels.append(
+            {
+                "kind": "scatter",
+                "title": f"efficiency gap: final L_total ({primary}{at}) vs {c}",
+                "x": c,
+                "y": total,
+                "log_x": True,
+                "log_y": True,
+            }
+        )
     return panels
 
 
@@ -318,13 +382,14 @@ def build_spec(runs: Sequence[RunInfo], entity: str, project: str, sweep: str | 
         p = keys.key(keys.EQUIV, v.terms[0], keys.HEADLINE_QUANTITY, v.suffix)
         columns += [f"summary:{summary_key(p, q)}" for q in (PCT_MIN, PCT_FINAL, below_quantity())]
     return {
-        "entity": entity, "project": project, "sweep": sweep,
+        "entity": entity,
+        "project": project,
+        "sweep": sweep,
         "name": name or f"equivrepro: {sweep or project}",
         "x_axis": STEP_METRIC,
         "max_runs": max(_MIN_RUNS_SHOWN, len(runs)),
         "runset": {"group": sweep, "pinned_columns": columns},
-        "sections": [{"name": v.title, "task": v.task, "runs": v.runs, "grouping": v.grouping, "panels": _task_panels(v)}
-                     for v in views],
+        "sections": [{"name": v.title, "task": v.task, "runs": v.runs, "grouping": v.grouping, "panels": _task_panels(v)} for v in views],
     }
 
 
@@ -339,24 +404,44 @@ def to_workspace(spec: Mapping[str, Any]):
     def panel(p):
         agg = {"groupby": group(p["groupby"]), "groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"} if p.get("groupby") else {}
         if p["kind"] == "line":
-            return wr.LinePlot(title=p["title"], x=p["x"], y=list(p["y"]), log_x=p["log_x"], log_y=p["log_y"],
-                               max_runs_to_show=spec["max_runs"], title_x=p["x"], **agg)
+            return wr.LinePlot(
+                title=p["title"],
+                x=p["x"],
+                y=list(p["y"]),
+                log_x=p["log_x"],
+                log_y=p["log_y"],
+                max_runs_to_show=spec["max_runs"],
+                title_x=p["x"],
+                **agg,
+            )
         if p["kind"] == "bar":
             metrics = [wr.SummaryMetric(m) if p.get("summary") else m for m in p["metrics"]]
             return wr.BarPlot(title=p["title"], metrics=metrics, orientation="v", max_runs_to_show=spec["max_runs"], **agg)
         if p["kind"] == "scatter":
-            return wr.ScatterPlot(title=p["title"], x=wr.SummaryMetric(p["x"]), y=wr.SummaryMetric(p["y"]),
-                                  log_x=p["log_x"], log_y=p["log_y"])
+            return wr.ScatterPlot(
+                title=p["title"], x=wr.SummaryMetric(p["x"]), y=wr.SummaryMetric(p["y"]), log_x=p["log_x"], log_y=p["log_y"]
+            )
         raise ValueError(f"unknown panel kind {p['kind']!r}")
 
-    sections = [ws.Section(name=s["name"], panels=[panel(p) for p in s["panels"]], is_open=True,
-                           layout_settings=ws.SectionLayoutSettings(columns=3, rows=2)) for s in spec["sections"]]
+    sections = [
+        ws.Section(
+            name=s["name"],
+            panels=[panel(p) for p in s["panels"]],
+            is_open=True,
+            layout_settings=ws.SectionLayoutSettings(columns=3, rows=2),
+        )
+        for s in spec["sections"]
+    ]
     runset = spec["runset"]
     return ws.Workspace(
-        entity=spec["entity"], project=spec["project"], name=spec["name"], sections=sections,
+        entity=spec["entity"],
+        project=spec["project"],
+        name=spec["name"],
+        sections=sections,
         settings=ws.WorkspaceSettings(x_axis=spec["x_axis"], max_runs=spec["max_runs"]),
-        runset_settings=ws.RunsetSettings(filters=f"Metric('Group') == {runset['group']!r}" if runset["group"] else "",
-                                          pinned_columns=list(runset["pinned_columns"])),
+        runset_settings=ws.RunsetSettings(
+            filters=f"Metric('Group') == {runset['group']!r}" if runset["group"] else "", pinned_columns=list(runset["pinned_columns"])
+        ),
     )
 
 
@@ -369,14 +454,18 @@ def _wire(workspace) -> dict[str, Any]:
 # Command line
 # ----------------------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="equivrepro-dashboard", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="equivrepro-dashboard", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--entity", required=True, help="wandb entity (user or team) that owns the project")
     p.add_argument("--project", required=True, help="wandb project the runs were synced to (logger.project)")
     p.add_argument("--sweep", default=None, help="only the runs of this wandb group (logger.group, else the experiment name)")
-    p.add_argument("--runs-dir", default=None,
-                   help="discover tasks and metrics from these local run directories (default without --publish: "
-                        "$EQUIVREPRO_RUNS or ./runs); with --publish and no --runs-dir, from the wandb project")
+    p.add_argument(
+        "--runs-dir",
+        default=None,
+        help="discover tasks and metrics from these local run directories (default without --publish: "
+        "$EQUIVREPRO_RUNS or ./runs); with --publish and no --runs-dir, from the wandb project",
+    )
     p.add_argument("--name", default=None, help="workspace name (default 'equivrepro: <sweep or project>')")
     p.add_argument("--out", default=None, help="write the specification (JSON) here instead of printing it")
     p.add_argument("--publish", action="store_true", help="save the workspace to the wandb server (needs network and login)")
@@ -393,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             runs = local_runs(runs_dir, args.sweep)
         except FileNotFoundError as exc:
-            raise SystemExit(f"{exc} (pass --runs-dir, or --publish to read the runs from wandb)")
+            raise SystemExit(f"{exc} (pass --runs-dir, or --publish to read the runs from wandb)") from None
         source = str(runs_dir)
     else:
         runs = wandb_runs(args.entity, args.project, args.sweep)
@@ -408,8 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-        print(f"wrote the dashboard specification ({len(spec['sections'])} section(s), "
-              f"{sum(len(s['panels']) for s in spec['sections'])} panels) to {args.out}")
+        print(
+            f"wrote the dashboard specification ({len(spec['sections'])} section(s), "
+            f"{sum(len(s['panels']) for s in spec['sections'])} panels) to {args.out}"
+        )
     elif not args.publish:
         print(text)
     return 0

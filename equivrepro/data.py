@@ -33,9 +33,23 @@ from equivrepro.errors import ConfigError, DataError
 from equivrepro.task import Batch
 
 __all__ = [
-    "ProcessLocalFile", "DataError", "DataConfigError", "DataModule", "nested_subset", "heldout_split", "pad_collate", "SubsetDataset",
-    "EmbeddedFile", "ensure_data_file", "check_size", "check_choice", "check_number", "MIN_INTERATOMIC_DISTANCE",
-    "shortest_distances", "open_hdf5"]
+    "ProcessLocalFile",
+    "DataError",
+    "DataConfigError",
+    "DataModule",
+    "nested_subset",
+    "heldout_split",
+    "pad_collate",
+    "SubsetDataset",
+    "EmbeddedFile",
+    "ensure_data_file",
+    "check_size",
+    "check_choice",
+    "check_number",
+    "MIN_INTERATOMIC_DISTANCE",
+    "shortest_distances",
+    "open_hdf5",
+]
 
 log = logging.getLogger("equivrepro.data")
 
@@ -75,8 +89,9 @@ def check_choice(value: Any, key: str, choices: Sequence[Any]) -> Any:
     return value
 
 
-def check_number(value: Any, key: str, minimum: float | None = None, *, integer: bool = False, allow_none: bool = False,
-                 strict: bool = False) -> Any:
+def check_number(
+    value: Any, key: str, minimum: float | None = None, *, integer: bool = False, allow_none: bool = False, strict: bool = False
+) -> Any:
     """``value`` as an int (``integer``) or float ``≥ minimum`` (``> minimum`` if ``strict``), or ``None`` if allowed."""
     if value is None and allow_none:
         return None
@@ -137,9 +152,11 @@ def ensure_data_file(path: str, embedded: EmbeddedFile | None, key: str = "data.
         log.warning("generated %s in %.0f s", path, float(summary.get("seconds", 0.0)) if isinstance(summary, Mapping) else 0.0)
         return
     if embedded is not None:
-        raise DataError(f"{key}={path}: no such file. Only the embedded data's own location {embedded.path} is generated on "
-                        "first use (`make data` makes it); point the setting at an existing file, or drop the override to use "
-                        "the embedded data.")
+        raise DataError(
+            f"{key}={path}: no such file. Only the embedded data's own location {embedded.path} is generated on "
+            "first use (`make data` makes it); point the setting at an existing file, or drop the override to use "
+            "the embedded data."
+        )
     raise DataError(f"{key}={path}: no such file. {hint}".strip())
 
 
@@ -160,9 +177,9 @@ def shortest_distances(coords: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
         return out
     step = max(1, chunk // (n * n))
     for a in range(0, m, step):
-        d2 = ((x[a:a + step, :, None, :] - x[a:a + step, None, :, :]) ** 2).sum(-1)
+        d2 = ((x[a : a + step, :, None, :] - x[a : a + step, None, :, :]) ** 2).sum(-1)
         np.einsum("kii->ki", d2)[...] = np.inf  # an atom's distance to itself does not count
-        out[a:a + step] = np.sqrt(d2.min(axis=(1, 2)))
+        out[a : a + step] = np.sqrt(d2.min(axis=(1, 2)))
     return out
 
 
@@ -224,8 +241,9 @@ class SubsetDataset(Dataset):
         return self.base[int(self.indices[i])]
 
 
-def heldout_split(n: int, heldout: int | float, seed: int, setting: str | None = None, unit: str = "records"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_split(
+    n: int, heldout: int | float, seed: int, setting: str | None = None, unit: str = "records"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed split of ``range(n)`` into (train pool, held-out) indices.
 
     ``heldout`` is a count (int ≥ 1) or a fraction in (0, 1). The held-out set depends only on ``n`` and

@@ -34,8 +34,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from equivrepro import catalog
 from equivrepro.sweeps import ROOT, Job, launch_multirun, run_locally, sweep_jobs
@@ -86,12 +86,20 @@ def draw_figures(table, figure_names: Sequence[str], jobs_by_sweep: Mapping[str,
         missing = sorted(wanted - present)
         if missing:
             where = {j.run_id: j.overrides for s in fig.sweeps for j in jobs_by_sweep[s]}
-            log.warning("figure %s: %d of %d runs have no results yet: %s", name, len(missing), len(wanted),
-                        "; ".join(" ".join(where[m]) for m in missing))
+            log.warning(
+                "figure %s: %d of %d runs have no results yet: %s",
+                name,
+                len(missing),
+                len(wanted),
+                "; ".join(" ".join(where[m]) for m in missing),
+            )
         sub = table[table["run_id"].astype(str).isin(wanted)]
         if sub.empty:
-            log.error("figure %s: none of its runs has results; run its sweep(s) first: %s", name,
-                      " | ".join(specs[s].command(scale) for s in fig.sweeps))
+            log.error(
+                "figure %s: none of its runs has results; run its sweep(s) first: %s",
+                name,
+                " | ".join(specs[s].command(scale) for s in fig.sweeps),
+            )
             failed.append(name)
             continue
         try:
@@ -136,10 +144,14 @@ def print_pct_lines(summary, table, run_ids: Sequence[str], threshold: float = 0
             after = f"left its {ref} at step {left}; never ≤ {100 * threshold:g} % after that"
         else:
             after = f"left its {ref} at step {left}; first ≤ {100 * threshold:g} % after that: step {below}"
-        print(f"[pct] {r['task']:12s} {str(r['metric']):30s} step {int(r['first_step'])}: {100 * r['first_pct']:5.2f} %   "
-              f"min {100 * r['min_pct']:5.2f} % (step {int(r['min_step'])})   final {100 * r['final_pct']:5.2f} % (step {int(r['final_step'])}, "
-              f"L/L_base {ratio(r, 'total_rel_baseline', r['final_step'])}, L/L_null {ratio(r, 'total_rel_null', r['final_step'])})   "
-              f"{after}", flush=True)
+        print(
+            f"[pct] {r['task']:12s} {str(r['metric']):30s} step {int(r['first_step'])}: {100 * r['first_pct']:5.2f} %   "
+            f"min {100 * r['min_pct']:5.2f} % (step {int(r['min_step'])})   "
+            f"final {100 * r['final_pct']:5.2f} % (step {int(r['final_step'])}, "
+            f"L/L_base {ratio(r, 'total_rel_baseline', r['final_step'])}, L/L_null {ratio(r, 'total_rel_null', r['final_step'])})   "
+            f"{after}",
+            flush=True,
+        )
 
 
 def print_evaluation_share(jobs: Sequence[Job]) -> None:
@@ -151,17 +163,25 @@ def print_evaluation_share(jobs: Sequence[Job]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="equivrepro-reproduce", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="equivrepro-reproduce",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--scale", choices=catalog.SCALES, default="smoke")
     p.add_argument("--figures", nargs="+", default=None, help="figure names (see --list), 'all' (default) or 'reproduce'")
     p.add_argument("--task", default=None, help="one task's default run and its reproduce figures")
     p.add_argument("--runs-dir", type=Path, default=None, help="default: runs/<scale>")
     p.add_argument("--results-dir", type=Path, default=None, help="default: results/<scale>")
     p.add_argument("--figures-dir", type=Path, default=None, help="default: figures/<scale>")
-    p.add_argument("--launcher", default="local", help="local: run here, --jobs at a time; slurm / submitit_local: one Hydra multirun per sweep")
+    p.add_argument(
+        "--launcher", default="local", help="local: run here, --jobs at a time; slurm / submitit_local: one Hydra multirun per sweep"
+    )
     p.add_argument("--jobs", type=int, default=None, help="local runs in parallel (default: smoke min(2, CPU cores), paper 1)")
-    p.add_argument("--launch", action="store_true", help="paper scale: launch / resume missing runs even if the runs directory already holds some")
+    p.add_argument(
+        "--launch", action="store_true", help="paper scale: launch / resume missing runs even if the runs directory already holds some"
+    )
     p.add_argument("--draw-only", action="store_true", help="never launch; draw from the runs that exist")
     p.add_argument("--no-draw", action="store_true", help="launch / resume the sweeps only")
     p.add_argument("--source", default=None, help="'wandb:<entity>/<project>' to draw from a wandb project instead of the runs directory")
@@ -195,14 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source or args.draw_only:
         pass
     elif scale == "paper" and existing and not args.launch:
-        log.info("paper scale: %s already holds %d run(s) of these sweeps, so nothing is launched; drawing from them "
-                 "(add --launch to start or resume the missing ones)", runs_dir, len(existing))
+        log.info(
+            "paper scale: %s already holds %d run(s) of these sweeps, so nothing is launched; drawing from them "
+            "(add --launch to start or resume the missing ones)",
+            runs_dir,
+            len(existing),
+        )
     elif args.launcher == "local":
         all_jobs = [j for s in sweep_names for j in jobs_by_sweep[s]]
         for s in sweep_names:
             log.info("sweep %s (%s): %s", s, scale, specs[s].command(scale))
-        log.info("%d distinct runs, %d to run or resume, %d at a time", len({j.run_id for j in all_jobs}),
-                 len({j.run_id for j in all_jobs if not j.finished()}), args.jobs)
+        log.info(
+            "%d distinct runs, %d to run or resume, %d at a time",
+            len({j.run_id for j in all_jobs}),
+            len({j.run_id for j in all_jobs if not j.finished()}),
+            args.jobs,
+        )
         launch_failed = sorted({j.run.name for j in run_locally(all_jobs, runs_dir, args.jobs, log_extra + extra)})
     else:
         for s in sweep_names:
@@ -218,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.source:
         if not args.source.startswith("wandb:"):
             raise SystemExit(f"--source must look like wandb:<entity>/<project>, got {args.source!r}")
-        table = collect_wandb(args.source[len("wandb:"):])
+        table = collect_wandb(args.source[len("wandb:") :])
     else:
         if not runs_dir.exists():
             raise SystemExit(f"no runs directory {runs_dir}: launch the sweeps first (drop --draw-only)")
@@ -226,13 +254,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_table(table, results_dir)
     summary = summarize_pct(table)
     atomic_write_text(results_dir / "pct_summary.csv", summary.to_csv(index=False))
-    log.info("results table: %s (%d rows, %d runs); pct summary: %s", path, len(table), table["run_id"].nunique(), results_dir / "pct_summary.csv")
+    log.info(
+        "results table: %s (%d rows, %d runs); pct summary: %s",
+        path,
+        len(table),
+        table["run_id"].nunique(),
+        results_dir / "pct_summary.csv",
+    )
     default_runs = [j.run_id for s in sweep_names if specs[s].name == "default" for j in jobs_by_sweep[s]]
     print_pct_lines(summary, table, default_runs)
     print_evaluation_share([j for s in sweep_names if specs[s].name == "default" for j in jobs_by_sweep[s]])
     failed = draw_figures(table, names, jobs_by_sweep, scale, figures_dir)
-    log.info("done in %.0f s: %d figure(s) in %s%s", time.perf_counter() - t0, len(names) - len(failed), figures_dir,
-             f"; not drawn: {failed}" if failed else "")
+    log.info(
+        "done in %.0f s: %d figure(s) in %s%s",
+        time.perf_counter() - t0,
+        len(names) - len(failed),
+        figures_dir,
+        f"; not drawn: {failed}" if failed else "",
+    )
     if launch_failed:
         log.error("sweeps that exited with an error: %s", launch_failed)
     return 1 if (failed or launch_failed) else 0

@@ -29,9 +29,10 @@ import fnmatch
 import json
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -42,22 +43,65 @@ from equivrepro.runs import RunDir
 log = logging.getLogger("equivrepro.results")
 
 __all__ = [
-    "RUN_COLUMNS", "GROUP_COLUMNS", "TABLE_COLUMNS", "run_columns", "load_local_run",
-    "collect_local", "wandb_history_to_tidy", "collect_wandb", "write_table", "read_table",
-    "summarize_pct", "format_count", "format_train_size", "main",
+    "RUN_COLUMNS",
+    "GROUP_COLUMNS",
+    "TABLE_COLUMNS",
+    "run_columns",
+    "load_local_run",
+    "collect_local",
+    "wandb_history_to_tidy",
+    "collect_wandb",
+    "write_table",
+    "read_table",
+    "summarize_pct",
+    "format_count",
+    "format_train_size",
+    "main",
 ]
 
 #: Per-run columns, in table order (after the tidy ``step, metric, value``).
 RUN_COLUMNS = [
-    "run_id", "run_dir", "name", "task", "status", "status_step",
-    "model", "model_target", "n_params", "model_label", "data_target", "train_size",
-    "optim", "lr", "optim_label", "schedule", "augment", "seed", "batch_size", "max_steps", "primary_term",
+    "run_id",
+    "run_dir",
+    "name",
+    "task",
+    "status",
+    "status_step",
+    "model",
+    "model_target",
+    "n_params",
+    "model_label",
+    "data_target",
+    "train_size",
+    "optim",
+    "lr",
+    "optim_label",
+    "schedule",
+    "augment",
+    "seed",
+    "batch_size",
+    "max_steps",
+    "primary_term",
 ]
 #: Settings that tell sweep points apart; runs equal on all of them are replicates (seeds).
 GROUP_COLUMNS = ["task", "model_target", "n_params", "train_size", "optim", "lr", "schedule", "augment", "batch_size", "max_steps"]
 TABLE_COLUMNS = RUN_COLUMNS[:6] + ["step", "metric", "value"] + RUN_COLUMNS[6:]
-_STRING_COLUMNS = ["run_id", "run_dir", "name", "task", "status", "model", "model_target", "model_label", "data_target",
-                   "optim", "optim_label", "schedule", "primary_term", "metric"]
+_STRING_COLUMNS = [
+    "run_id",
+    "run_dir",
+    "name",
+    "task",
+    "status",
+    "model",
+    "model_target",
+    "model_label",
+    "data_target",
+    "optim",
+    "optim_label",
+    "schedule",
+    "primary_term",
+    "metric",
+]
 _FLOAT_COLUMNS = ["train_size", "lr", "value"]
 _INT_COLUMNS = ["status_step", "n_params", "seed", "batch_size", "max_steps", "step"]
 
@@ -140,8 +184,9 @@ def _primary_term(task_cfg_json: str) -> str | None:
         return None
 
 
-def run_columns(config: Mapping[str, Any], status: Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
-                run_id: str | None = None) -> dict[str, Any]:
+def run_columns(
+    config: Mapping[str, Any], status: Mapping[str, Any] | None = None, run_dir: str | Path | None = None, run_id: str | None = None
+) -> dict[str, Any]:
     """The per-run columns (:data:`RUN_COLUMNS`) of a run with resolved ``config`` (plain dict)."""
     status = dict(status or {})
     task, model, data, optim, trainer = (_node(config, k) for k in ("task", "model", "data", "optim", "trainer"))
@@ -242,7 +287,9 @@ def collect_local(runs_dir: str | Path, metrics: Sequence[str] | None = None) ->
 # ----------------------------------------------------------------------------------------------------
 # wandb
 # ----------------------------------------------------------------------------------------------------
-def wandb_history_to_tidy(history: Iterable[Mapping[str, Any]], columns: Mapping[str, Any], metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def wandb_history_to_tidy(
+    history: Iterable[Mapping[str, Any]], columns: Mapping[str, Any], metrics: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Tidy rows from wandb history rows (dicts with ``_step`` and metric keys; keys starting with ``_`` are
     wandb's own; ``None`` means "not logged at this step" and is dropped; NaN is kept as in the local file)."""
     keep = _metric_filter(metrics)
@@ -270,7 +317,9 @@ def _unwrap_wandb_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def collect_wandb(project: str, filters: Mapping[str, Any] | None = None, metrics: Sequence[str] | None = None, api: Any = None) -> pd.DataFrame:
+def collect_wandb(
+    project: str, filters: Mapping[str, Any] | None = None, metrics: Sequence[str] | None = None, api: Any = None
+) -> pd.DataFrame:
     """The results table of the runs of a wandb project (``"entity/project"``), read with ``wandb.Api()``.
 
     ``filters`` is a wandb/MongoDB run filter (e.g. ``{"config.task.name": "forcefield"}``). Our runs'
@@ -304,7 +353,11 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in _INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    df["augment"] = df["augment"].map(lambda v: v if isinstance(v, bool) else (str(v) == "True" if v is not None and not pd.isna(v) else pd.NA)).astype("boolean")
+    df["augment"] = (
+        df["augment"]
+        .map(lambda v: v if isinstance(v, bool) else (str(v) == "True" if v is not None and not pd.isna(v) else pd.NA))
+        .astype("boolean")
+    )
     return df
 
 
@@ -365,10 +418,15 @@ def summarize_pct(df: pd.DataFrame, threshold: float = 0.02) -> pd.DataFrame:
         for metric, h in headlines(rows, threshold=threshold).items():
             pct = sorted((s, v) for s, m, v in rows if m == metric and math.isfinite(v))
             d = h.as_dict()
-            out.append({
-                "run_id": run_id, **{c: first.get(c) for c in run_cols}, "metric": metric, **d,
-                "below_step_any": next((s for s, v in pct if v <= threshold), math.nan),
-            })
+            out.append(
+                {
+                    "run_id": run_id,
+                    **{c: first.get(c) for c in run_cols},
+                    "metric": metric,
+                    **d,
+                    "below_step_any": next((s for s, v in pct if v <= threshold), math.nan),
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -389,12 +447,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from equivrepro.atomic import atomic_write_text
 
-    p = argparse.ArgumentParser(prog="equivrepro-collect", description=main.__doc__.split("\n\n")[0],
-                                epilog=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="equivrepro-collect",
+        description=main.__doc__.split("\n\n")[0],
+        epilog=main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--runs-dir", type=Path, help="directory searched recursively for run directories")
     src.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs and histories with wandb.Api() (needs network and a login)")
-    p.add_argument("--filter", default=None, help="wandb run filter as JSON (MongoDB syntax), e.g. '{\"state\": \"finished\"}'")
+    p.add_argument("--filter", default=None, help='wandb run filter as JSON (MongoDB syntax), e.g. \'{"state": "finished"}\'')
     p.add_argument("--metrics", nargs="*", default=None, help="glob patterns of metrics to keep (default: all)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--format", choices=["auto", "parquet", "csv"], default="auto")
@@ -410,8 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = write_table(table, args.out, fmt=args.format)
     atomic_write_text(args.out / "pct_summary.csv", summarize_pct(table).to_csv(index=False))
     skipped = table.attrs.get("skipped", [])
-    print(f"{path}: {len(table)} rows from {table['run_id'].nunique()} runs"
-          + (f"; {len(skipped)} directories skipped (see warnings)" if skipped else ""))
+    print(
+        f"{path}: {len(table)} rows from {table['run_id'].nunique()} runs"
+        + (f"; {len(skipped)} directories skipped (see warnings)" if skipped else "")
+    )
     return 0
 
 

@@ -62,9 +62,15 @@ def quaternion_to_matrix(q: torch.Tensor) -> torch.Tensor:
     two = 2.0
     m = torch.stack(
         [
-            1 - two * (y * y + z * z), two * (x * y - z * w), two * (x * z + y * w),
-            two * (x * y + z * w), 1 - two * (x * x + z * z), two * (y * z - x * w),
-            two * (x * z - y * w), two * (y * z + x * w), 1 - two * (x * x + y * y),
+            1 - two * (y * y + z * z),
+            two * (x * y - z * w),
+            two * (x * z + y * w),
+            two * (x * y + z * w),
+            1 - two * (x * x + z * z),
+            two * (y * z - x * w),
+            two * (x * z - y * w),
+            two * (y * z + x * w),
+            1 - two * (x * x + y * y),
         ],
         dim=-1,
     )
@@ -114,9 +120,7 @@ def euler_uniform_rotations(
     return (rz @ ry @ rx).to(dtype=dtype, device=device)
 
 
-def fixed_rotation_set(
-    k: int, seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
-) -> torch.Tensor:
+def fixed_rotation_set(k: int, seed: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """A deterministic set of ``k`` Haar rotations ``(k, 3, 3)``: the same for a given seed on any machine."""
     g = torch.Generator().manual_seed(int(seed))
     return haar_rotations(k, generator=g, dtype=dtype, device=device)

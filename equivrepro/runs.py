@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from equivrepro.atomic import atomic_write_json, atomic_write_text
 
@@ -104,14 +105,18 @@ class RunDir:
         """``last.pt`` (``step=None``) or the snapshot of ``step``; FileNotFoundError saying what exists."""
         if step is None:
             if not self.last_checkpoint.exists():
-                raise FileNotFoundError(f"no checkpoint {self.last_checkpoint}: has the run {self.path} started? "
-                                        f"(status: {self.read_status().get('state', 'none')})")
+                raise FileNotFoundError(
+                    f"no checkpoint {self.last_checkpoint}: has the run {self.path} started? "
+                    f"(status: {self.read_status().get('state', 'none')})"
+                )
             return self.last_checkpoint
         path = self.snapshot(step)
         if not path.exists():
             have = [p.name for p in self.snapshots().values()]
-            raise FileNotFoundError(f"no snapshot {path}; snapshots of this run: {have or 'none'} "
-                                    f"(set trainer.snapshot_steps=[{int(step)}] before training to keep one)")
+            raise FileNotFoundError(
+                f"no snapshot {path}; snapshots of this run: {have or 'none'} "
+                f"(set trainer.snapshot_steps=[{int(step)}] before training to keep one)"
+            )
         return path
 
     def exists(self) -> bool:
@@ -220,15 +225,18 @@ class RunDir:
                 except FileNotFoundError:
                     continue
         if removed:
-            log.info("removed %d stale temporary file(s) from an interrupted write in %s: %s", len(removed), self.path,
-                     ", ".join(p.name for p in removed))
+            log.info(
+                "removed %d stale temporary file(s) from an interrupted write in %s: %s",
+                len(removed),
+                self.path,
+                ", ".join(p.name for p in removed),
+            )
         return removed
 
     @staticmethod
-    def find(runs_dir: str | Path) -> list["RunDir"]:
+    def find(runs_dir: str | Path) -> list[RunDir]:
         """Run directories under ``runs_dir`` (recursively): those that hold a results file."""
         runs_dir = Path(runs_dir)
         if not runs_dir.is_dir():
             raise FileNotFoundError(f"runs directory {runs_dir} does not exist")
         return [RunDir(p.parent) for p in sorted(runs_dir.rglob(RunDir.METRICS)) if p.is_file()]
-

@@ -20,8 +20,9 @@ held-out batches (e.g. one per flow-matching time) so the decomposition measures
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -94,7 +95,7 @@ class Task:
         return None
 
     # --- cheap equivariant baseline (context for pct, and the instrument's floor) --------------------
-    def make_baseline(self) -> "EquivariantBaseline | None":
+    def make_baseline(self) -> EquivariantBaseline | None:
         """A fresh, unfitted cheap equivariant baseline of this task (see :mod:`equivrepro.metrics.baselines`),
         fitted by the harness on training data only; None when the task has none."""
         return None
@@ -108,7 +109,7 @@ class Task:
         return self.rotate_batch(batch, rotations)
 
     # --- where in a sample the equivariance error lives -----------------------------------------------
-    def attribution(self, batch: Batch) -> "dict[str, Attribution]":
+    def attribution(self, batch: Batch) -> dict[str, Attribution]:
         """Per prediction key, how its output elements group into entities (atoms, residues, voxels) and the
         per-entity descriptors ``(B, N)`` they are binned by (:class:`equivrepro.metrics.attribution.Attribution`),
         computed from an evaluation batch in its own (untwisted) frame. Default: none (no per-entity maps)."""

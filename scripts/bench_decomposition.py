@@ -47,7 +47,9 @@ class PointTransformer(nn.Module):
     def __init__(self, dim: int = 128, heads: int = 8, layers: int = 4):
         super().__init__()
         self.embed = nn.Linear(3, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.trunk = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 3)
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
     task = PointCloudTask()
     model = PointTransformer(args.dim, args.heads, args.layers).to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())
-    batch = {k: v.to(device) for k, v in make_pointcloud_batch(args.batch, args.points, torch.Generator().manual_seed(1), dtype=torch.float32).items()}
+    batch = {
+        k: v.to(device)
+        for k, v in make_pointcloud_batch(args.batch, args.points, torch.Generator().manual_seed(1), dtype=torch.float32).items()
+    }
     rotations = fixed_rotation_set(args.k, seed=2, device=device)
     big_batch = {k: v.repeat_interleave(args.k, 0) for k, v in batch.items()}
 
@@ -146,24 +151,41 @@ def main(argv: list[str] | None = None) -> dict:
         "platform": platform.platform(),
         "model": f"PointTransformer(dim={args.dim}, heads={args.heads}, layers={args.layers})",
         "params": n_params,
-        "batch": args.batch, "points": args.points, "k": args.k, "rows": args.batch * args.k,
-        "chunk_size": args.chunk_size, "repeats": args.repeats,
-        "baseline_s": med["baseline"], "big_pass_s": med["big_pass"], "decomposition_s": med["decomposition"],
+        "batch": args.batch,
+        "points": args.points,
+        "k": args.k,
+        "rows": args.batch * args.k,
+        "chunk_size": args.chunk_size,
+        "repeats": args.repeats,
+        "baseline_s": med["baseline"],
+        "big_pass_s": med["big_pass"],
+        "decomposition_s": med["decomposition"],
         "metric_overhead_s": med["decomposition"] - med["big_pass"],
         "arithmetic_only_s": med["arithmetic"],
-        "ratio": ratio, "ratio_of_minima": min(times["decomposition"]) / min(times["baseline"]), "target": args.target, "within_target": ratio <= args.target,
+        "ratio": ratio,
+        "ratio_of_minima": min(times["decomposition"]) / min(times["baseline"]),
+        "target": args.target,
+        "within_target": ratio <= args.target,
         "all_times_s": times,
     }
     print(f"device {result['device']}  torch {result['torch']}  threads {result['threads']}")
-    print(f"model {result['model']}  {n_params / 1e6:.2f}M params;  B={args.batch}  N={args.points}  K={args.k}  ({args.batch * args.k} rows)")
+    print(
+        f"model {result['model']}  {n_params / 1e6:.2f}M params;  B={args.batch}  N={args.points}  K={args.k}  ({args.batch * args.k} rows)"
+    )
     print(f"baseline: {args.k} forward passes on B={args.batch}       median {med['baseline'] * 1e3:9.2f} ms")
     print(f"one forward pass on B*K={args.batch * args.k}              median {med['big_pass'] * 1e3:9.2f} ms")
-    print(f"twirl decomposition (K={args.k}, all terms + summary)   median {med['decomposition'] * 1e3:9.2f} ms"
-          f"   (metric overhead {result['metric_overhead_s'] * 1e3:.2f} ms)")
-    print(f"decomposition arithmetic alone (trivial model)   median {med['arithmetic'] * 1e3:9.2f} ms"
-          f"   ({med['arithmetic'] / med['baseline'] * 100:.1f} % of the baseline)")
-    print(f"ratio decomposition / baseline = {ratio:.3f} (medians; {result['ratio_of_minima']:.3f} for the minima)"
-          f"   target ≤ {args.target}: {'OK' if result['within_target'] else 'ABOVE TARGET'}")
+    print(
+        f"twirl decomposition (K={args.k}, all terms + summary)   median {med['decomposition'] * 1e3:9.2f} ms"
+        f"   (metric overhead {result['metric_overhead_s'] * 1e3:.2f} ms)"
+    )
+    print(
+        f"decomposition arithmetic alone (trivial model)   median {med['arithmetic'] * 1e3:9.2f} ms"
+        f"   ({med['arithmetic'] / med['baseline'] * 100:.1f} % of the baseline)"
+    )
+    print(
+        f"ratio decomposition / baseline = {ratio:.3f} (medians; {result['ratio_of_minima']:.3f} for the minima)"
+        f"   target ≤ {args.target}: {'OK' if result['within_target'] else 'ABOVE TARGET'}"
+    )
     if args.json is not None:
         atomic_write_json(args.json, result)
         print(f"wrote {args.json}")

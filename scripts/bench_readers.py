@@ -70,7 +70,7 @@ def write_spice(path: Path, n_conformers: int, per_group: int = 200, seed: int =
 
 def write_extxyz(path: Path, n_conformers: int, per_group: int = 200, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    header = f"{len(Z)}\nProperties=species:S:1:pos:R:3:forces:R:3 energy=%.8f pbc=\"F F F\"\n"
+    header = f'{len(Z)}\nProperties=species:S:1:pos:R:3:forces:R:3 energy=%.8f pbc="F F F"\n'
     frame = header + "%s %.6f %.6f %.6f %.6f %.6f %.6f\n" * len(Z)
     with open(path, "w", buffering=1 << 22) as fh:
         for _ in range(n_conformers // per_group):
@@ -129,8 +129,14 @@ def run_one(path: str, workers: int, batch_size: int) -> dict:
     dm = ForceFieldDataModule(path, format="auto", heldout_size=0.01, split_by="conformer", element_references="none")
     dm.setup()
     index_s = time.perf_counter() - t0
-    loader = DataLoader(dm.train_dataset, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=dm.collate,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dm.train_dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=dm.collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     records = 0
     t0 = time.perf_counter()
     for batch in loader:
@@ -143,11 +149,17 @@ def run_one(path: str, workers: int, batch_size: int) -> dict:
     ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB → MiB on Linux
     ru_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {
-        "format": dm.resolved_format, "conformers": len(dm.base), "file_mb": round(os.path.getsize(path) * mb, 1),
-        "records": records, "index_s": round(index_s, 1), "epoch_s": round(epoch_s, 1), "records_per_s": round(records / epoch_s),
+        "format": dm.resolved_format,
+        "conformers": len(dm.base),
+        "file_mb": round(os.path.getsize(path) * mb, 1),
+        "records": records,
+        "index_s": round(index_s, 1),
+        "epoch_s": round(epoch_s, 1),
+        "records_per_s": round(records / epoch_s),
         "rss_main_mb": round(max(sampler.peak["main"] * mb, ru_self)),
         "rss_worker_mb": round(max(sampler.peak["worker"] * mb, ru_children)),
-        "rss_sum_mb": round(sampler.peak["total"] * mb), "statistics": dm.statistics(),
+        "rss_sum_mb": round(sampler.peak["total"] * mb),
+        "statistics": dm.statistics(),
     }
 
 
@@ -187,12 +199,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    header = f"{'format':<11} {'conformers':>10} {'file MiB':>8} {'index s':>7} {'epoch s':>7} {'records/s':>9} " \
-             f"{'RSS main':>8} {'RSS worker':>10} {'RSS sum':>7}  (MiB; {args.workers} workers, batch {args.batch_size})"
+    header = (
+        f"{'format':<11} {'conformers':>10} {'file MiB':>8} {'index s':>7} {'epoch s':>7} {'records/s':>9} "
+        f"{'RSS main':>8} {'RSS worker':>10} {'RSS sum':>7}  (MiB; {args.workers} workers, batch {args.batch_size})"
+    )
     print("\n" + header)
     for r in rows:
-        print(f"{r['format']:<11} {r['conformers']:>10} {r['file_mb']:>8} {r['index_s']:>7} {r['epoch_s']:>7} {r['records_per_s']:>9} "
-              f"{r['rss_main_mb']:>8} {r['rss_worker_mb']:>10} {r['rss_sum_mb']:>7}")
+        print(
+            f"{r['format']:<11} {r['conformers']:>10} {r['file_mb']:>8} {r['index_s']:>7} {r['epoch_s']:>7} {r['records_per_s']:>9} "
+            f"{r['rss_main_mb']:>8} {r['rss_worker_mb']:>10} {r['rss_sum_mb']:>7}"
+        )
     return rows
 
 

@@ -14,15 +14,21 @@ from equivrepro.metrics.headline import PCT_FINAL, PCT_MIN, REL_BASELINE, REL_NU
 from equivrepro.runs import RunDir
 from equivrepro.train.app import compose_config
 from equivrepro.train.build import plain_config
-from equivrepro.train.loggers import ResultsFile, STEP_METRIC, dimension_key, sweep_dimensions
+from equivrepro.train.loggers import STEP_METRIC, ResultsFile, dimension_key, sweep_dimensions
 
 K = keys.key
 E = keys.EQUIV
-POINTS_METRICS = [K(E, "mse", q) for q in ("pct", "total", "mean", "equiv", "null_total", REL_NULL)] + \
-    [K(E, "l2mae", "pct"), K(E, "l2mae", "total"), keys.scalar_key(keys.TRAIN, "loss")]
+POINTS_METRICS = [K(E, "mse", q) for q in ("pct", "total", "mean", "equiv", "null_total", REL_NULL)] + [
+    K(E, "l2mae", "pct"),
+    K(E, "l2mae", "total"),
+    keys.scalar_key(keys.TRAIN, "loss"),
+]
 FLOW_SUFFIXES = ("t=0.5", "t=0.1")  # deliberately not in order
-FLOW_METRICS = [K(E, "velocity", q, s) for s in FLOW_SUFFIXES for q in ("pct", "total", "mean", "equiv", REL_BASELINE)] + \
-    [keys.degree_key("velocity", l, "t=0.1") for l in (10, 2, 1)] + [keys.scalar_key(keys.COMPUTE, "flops_per_step")]
+FLOW_METRICS = (
+    [K(E, "velocity", q, s) for s in FLOW_SUFFIXES for q in ("pct", "total", "mean", "equiv", REL_BASELINE)]
+    + [keys.degree_key("velocity", l, "t=0.1") for l in (10, 2, 1)]
+    + [keys.scalar_key(keys.COMPUTE, "flops_per_step")]
+)
 
 
 def _config(*overrides: str, task_name: str | None = None) -> dict:

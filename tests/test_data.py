@@ -97,12 +97,14 @@ def _items():
     g = torch.Generator().manual_seed(0)
     out = []
     for n in (3, 5, 1):
-        out.append({
-            "pos": torch.randn(n, 3, generator=g),
-            "z": torch.randint(1, 9, (n,), generator=g),
-            "energy": torch.randn((), generator=g),
-            "cell": torch.randn(3, 3, generator=g),
-        })
+        out.append(
+            {
+                "pos": torch.randn(n, 3, generator=g),
+                "z": torch.randint(1, 9, (n,), generator=g),
+                "energy": torch.randn((), generator=g),
+                "cell": torch.randn(3, 3, generator=g),
+            }
+        )
     return out
 
 

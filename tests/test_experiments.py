@@ -60,8 +60,15 @@ def test_paper_experiment_trains_one_step_and_evaluates_on_its_real_input_format
     task_name = compose_config([f"experiment={experiment}", "logger=none"]).task.name
     contract = load_contract(task_name)
     assert contract is not None and contract.write_paper_data is not None, f"tests/contracts/{task_name}.py has no paper data"
-    cfg = compose_config([f"experiment={experiment}", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}",
-                          *contract.write_paper_data(tmp_path), *contract.paper_shrink])
+    cfg = compose_config(
+        [
+            f"experiment={experiment}",
+            "logger=none",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            *contract.write_paper_data(tmp_path),
+            *contract.paper_shrink,
+        ]
+    )
     torch.manual_seed(0)
     task, model, dm = build_from_config(cfg)
     dm.setup()
@@ -86,11 +93,25 @@ def test_paper_experiment_trains_one_step_and_evaluates_on_its_real_input_format
     if ema is not None:
         ema.update(model)
     e = cfg.equivariance
-    callback = EquivarianceCallback(task, dm.heldout_dataset, dm.collate, torch.device("cpu"), num_samples=e.num_samples, k=e.k,
-                                    batch_size=e.batch_size, chunk_size=e.chunk_size, seed=e.seed, grad_norms=e.grad_norms,
-                                    cube_group=e.cube_group, floor=e.floor, linear_head=e.get("linear_head"),
-                                    spectrum_l_max=e.get("spectrum_l_max"), bootstrap=50, train_dataset=dm.train_dataset,
-                                    baseline_samples=e.baseline_samples)
+    callback = EquivarianceCallback(
+        task,
+        dm.heldout_dataset,
+        dm.collate,
+        torch.device("cpu"),
+        num_samples=e.num_samples,
+        k=e.k,
+        batch_size=e.batch_size,
+        chunk_size=e.chunk_size,
+        seed=e.seed,
+        grad_norms=e.grad_norms,
+        cube_group=e.cube_group,
+        floor=e.floor,
+        linear_head=e.get("linear_head"),
+        spectrum_l_max=e.get("spectrum_l_max"),
+        bootstrap=50,
+        train_dataset=dm.train_dataset,
+        baseline_samples=e.baseline_samples,
+    )
     metrics = callback(ema.model if ema is not None else model)
     headline = [v for k, v in metrics.items() if k.endswith(f"/{task.primary_term.name}/pct") and k.startswith("equiv/")]
     assert headline and all(math.isfinite(v) and -0.5 < v <= 1.5 for v in headline)

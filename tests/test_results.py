@@ -10,8 +10,16 @@ import pandas as pd
 import pytest
 
 from equivrepro.results import (
-    GROUP_COLUMNS, TABLE_COLUMNS, collect_local, collect_wandb, format_count, format_train_size,
-    read_table, summarize_pct, wandb_history_to_tidy, write_table,
+    GROUP_COLUMNS,
+    TABLE_COLUMNS,
+    collect_local,
+    collect_wandb,
+    format_count,
+    format_train_size,
+    read_table,
+    summarize_pct,
+    wandb_history_to_tidy,
+    write_table,
 )
 from equivrepro.testing.pointcloud import NonEquivariantMLP
 from equivrepro.train.app import compose_config
@@ -23,8 +31,16 @@ from equivrepro.train.loop import train
 def runs(tmp_path_factory):
     """Two finished points runs (seed 0 and seed 1 at a different lr, no augmentation for the second)."""
     root = tmp_path_factory.mktemp("runs")
-    common = ["task=points", f"paths.runs_dir={root}", "logger=none", "trainer.progress_bar=false", "trainer.max_steps=6",
-              "equivariance.every=3", "trainer.checkpoint_every=3", "trainer.log_every=3"]
+    common = [
+        "task=points",
+        f"paths.runs_dir={root}",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.max_steps=6",
+        "equivariance.every=3",
+        "trainer.checkpoint_every=3",
+        "trainer.log_every=3",
+    ]
     a = train(compose_config(common + ["seed=0"]))
     b = train(compose_config(common + ["seed=1", "optim.lr=1e-2", "trainer.augment=false"]))
     return root, a, b
@@ -89,7 +105,15 @@ def test_bad_directories_are_skipped_and_counted_and_duplicates_dropped(runs, tm
 def test_wandb_history_rows_become_tidy_rows():
     history = [
         {"_step": 0, "_runtime": 1.5, "_timestamp": 1e9, "equiv/mse/pct": 0.5, "train/loss": None},
-        {"_step": 10, "_runtime": 2.5, "equiv/mse/pct": 0.25, "train/loss": 3.0, "flag": True, "text": "x", "equiv/mse/total": float("nan")},
+        {
+            "_step": 10,
+            "_runtime": 2.5,
+            "equiv/mse/pct": 0.25,
+            "train/loss": 3.0,
+            "flag": True,
+            "text": "x",
+            "equiv/mse/total": float("nan"),
+        },
         {"_step": 10, "train/loss": 2.0},  # the same step logged again: the last value wins
         {"train/loss": 1.0},  # no step: not a history row
     ]
@@ -123,11 +147,14 @@ class _FakeApi:
 
 def test_collect_wandb_uses_the_same_columns_as_local_runs():
     config = {
-        "_wandb": {"value": {"cli_version": "0.31"}}, "name": "points", "seed": {"value": 3},
+        "_wandb": {"value": {"cli_version": "0.31"}},
+        "name": "points",
+        "seed": {"value": 3},
         "task": {"_target_": "equivrepro.testing.pointcloud.PointCloudTask", "name": "points"},
         "model": {"_target_": "equivrepro.testing.pointcloud.NonEquivariantMLP", "hidden": 8},
         "data": {"_target_": "equivrepro.testing.pointcloud.PointCloudDataModule", "train_size": 0.5},
-        "optim": {"_target_": "torch.optim.SGD", "lr": 0.1}, "schedule": {"name": "constant"},
+        "optim": {"_target_": "torch.optim.SGD", "lr": 0.1},
+        "schedule": {"name": "constant"},
         "trainer": {"augment": True, "batch_size": 4, "max_steps": 20},
     }
     api = _FakeApi([_FakeRun("r1", config, [{"_step": 0, "equiv/mse/pct": 0.4}, {"_step": 20, "equiv/mse/pct": 0.1}], state="running")])
@@ -145,8 +172,12 @@ def test_pct_summary_finds_the_dip_the_end_and_the_first_low_pct_after_leaving_t
     pct = [0.20, 0.01, 0.001, 0.01, 0.03]
     rel = [1.3, 1.05, 0.9, 0.7, 0.6]  # L_total / L_base: the model leaves its baseline at step 20
     base = {"run_id": "r", "task": "points", "model_label": "m", "train_size": math.nan, "optim_label": "o", "augment": True, "seed": 0}
-    df = pd.concat([pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/pct", "value": pct}),
-                    pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/total_rel_baseline", "value": rel})])
+    df = pd.concat(
+        [
+            pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/pct", "value": pct}),
+            pd.DataFrame({**base, "step": steps, "metric": "equiv/t=0.4/velocity/total_rel_baseline", "value": rel}),
+        ]
+    )
     s = summarize_pct(df).iloc[0]
     assert (s["first_pct"], s["min_step"], s["min_pct"], s["final_step"], s["final_pct"]) == (0.20, 20, 0.001, 40, 0.03)
     assert s["reference"] == "total_rel_baseline" and s["left_step"] == 20

@@ -106,7 +106,9 @@ def test_sampling_is_reproducible_and_dtype_independent():
     d64 = haar_rotations(64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     assert torch.equal(a, d64.float())
     assert torch.equal(fixed_rotation_set(8, seed=2), fixed_rotation_set(8, seed=2))
-    assert torch.equal(fixed_rotation_set(8, seed=2, dtype=torch.float64), haar_rotations(8, torch.Generator().manual_seed(2), torch.float64))
+    assert torch.equal(
+        fixed_rotation_set(8, seed=2, dtype=torch.float64), haar_rotations(8, torch.Generator().manual_seed(2), torch.float64)
+    )
 
 
 def test_axis_angle_convention_and_double_cover():

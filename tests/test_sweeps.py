@@ -31,8 +31,15 @@ from equivrepro.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
-POINTS = ["task=points", "logger=none", "trainer.progress_bar=false", "trainer.max_steps=10", "equivariance.every=5",
-          "trainer.checkpoint_every=5", "trainer.log_every=5"]
+POINTS = [
+    "task=points",
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.max_steps=10",
+    "equivariance.every=5",
+    "trainer.checkpoint_every=5",
+    "trainer.log_every=5",
+]
 
 
 def _multirun(runs_dir: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -106,12 +113,32 @@ def test_paired_sweep_group_sets_its_values_together_and_shares_the_default_run(
 
 
 def test_slurm_launcher_composes_with_resources_preemption_and_setup(tmp_path, monkeypatch):
-    cfg = compose_config(["task=points", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.account=proj",
-                          f"hydra.sweep.dir={tmp_path}"])
+    cfg = compose_config(
+        [
+            "task=points",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.account=proj",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    for key in ("partition", "gpus_per_node", "tasks_per_node", "cpus_per_task", "mem_gb", "timeout_min", "account", "qos",
-                "array_parallelism", "setup", "additional_parameters", "signal_delay_s", "max_num_timeout"):
+    for key in (
+        "partition",
+        "gpus_per_node",
+        "tasks_per_node",
+        "cpus_per_task",
+        "mem_gb",
+        "timeout_min",
+        "account",
+        "qos",
+        "array_parallelism",
+        "setup",
+        "additional_parameters",
+        "signal_delay_s",
+        "max_num_timeout",
+    ):
         assert key in launcher, key
     assert launcher.additional_parameters.requeue is True and launcher.signal_delay_s > 0 and launcher.max_num_timeout > 0
     assert any("conda activate" in line for line in launcher.setup)
@@ -119,7 +146,6 @@ def test_slurm_launcher_composes_with_resources_preemption_and_setup(tmp_path, m
     # the sbatch script submitit would submit, built exactly as the Hydra plugin configures its executor
     import submitit
     from hydra.utils import instantiate
-
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
     from omegaconf import OmegaConf
 
@@ -130,8 +156,15 @@ def test_slurm_launcher_composes_with_resources_preemption_and_setup(tmp_path, m
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{(k if k in base else f"slurm_{k}"): v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python job.py", "uid")
-    for line in ("#SBATCH --requeue", "#SBATCH --signal=USR2@300", "#SBATCH --partition=gpu", "#SBATCH --account=proj",
-                 "#SBATCH --gpus-per-node=1", "#SBATCH --time=1440", "conda activate equivrepro"):
+    for line in (
+        "#SBATCH --requeue",
+        "#SBATCH --signal=USR2@300",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --time=1440",
+        "conda activate equivrepro",
+    ):
         assert line in script, (line, script)
 
 

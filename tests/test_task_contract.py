@@ -38,8 +38,9 @@ def test_every_task_config_has_contract_fixtures():
 
 def _built(task_name: str, tmp_path: Path, *extra: str):
     c = CONTRACTS[task_name]
-    cfg = compose_config([f"task={task_name}", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}", *c.write_data(tmp_path), *c.shrink,
-                          *extra])
+    cfg = compose_config(
+        [f"task={task_name}", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}", *c.write_data(tmp_path), *c.shrink, *extra]
+    )
     task, model, dm = build_from_config(cfg)
     dm.setup()
     task.bind_data(dm.statistics())
@@ -56,8 +57,17 @@ def built(request, tmp_path_factory):
     gen = torch.Generator().manual_seed(0)
     held = next(iter(task.evaluation_batches(batch, gen).values()))
     fit = next(iter(task.evaluation_batches(train, torch.Generator().manual_seed(1)).values()))
-    return {"name": request.param, "contract": CONTRACTS[request.param], "cfg": cfg, "task": task, "model": model, "dm": dm,
-            "batch": held, "train": fit, "tmp": tmp}
+    return {
+        "name": request.param,
+        "contract": CONTRACTS[request.param],
+        "cfg": cfg,
+        "task": task,
+        "model": model,
+        "dm": dm,
+        "batch": held,
+        "train": fit,
+        "tmp": tmp,
+    }
 
 
 def test_task_config_composes_and_its_parts_belong_together(built):

@@ -120,8 +120,9 @@ def curvature_operator(losses: SubsetLosses, which: str, form: str = "hessian", 
     return curvature_operators(losses, form, (which,), theta)[which]
 
 
-def curvature_operators(losses: SubsetLosses, form: str = "hessian", which: tuple[str, ...] = ("mean", "equiv"),
-                        theta: torch.Tensor | None = None) -> dict:
+def curvature_operators(
+    losses: SubsetLosses, form: str = "hessian", which: tuple[str, ...] = ("mean", "equiv"), theta: torch.Tensor | None = None
+) -> dict:
     """:func:`curvature_operator` for several losses from one forward pass (the expensive part of building one)."""
     theta = losses.theta0 if theta is None else theta
     if form == "hessian":
@@ -158,8 +159,15 @@ class CurvatureSpectrum:
         order = torch.argsort(self.eigenvalues, descending=True)[:k]
         ok = self.condition["resolved"]
         res = self.residuals
-        return [{"index": int(i), "eigenvalue": float(self.eigenvalues[i]), "residual": float(res[i]) if res is not None else 0.0,
-                 "resolved": bool(ok[int(i)])} for i in order]
+        return [
+            {
+                "index": int(i),
+                "eigenvalue": float(self.eigenvalues[i]),
+                "residual": float(res[i]) if res is not None else 0.0,
+                "resolved": bool(ok[int(i)]),
+            }
+            for i in order
+        ]
 
     def extreme_directions(self) -> dict:
         """Unit eigenvectors of the smallest resolved positive eigenvalue and of the largest one (landscape axes)."""
@@ -169,14 +177,26 @@ class CurvatureSpectrum:
         idx = torch.arange(self.eigenvalues.numel())[ok]
         vals = self.eigenvalues.cpu()[idx]
         i_min, i_max = int(idx[vals.argmin()]), int(idx[vals.argmax()])
-        return {"min_pos": self.eigenvectors[:, i_min], "max": self.eigenvectors[:, i_max],
-                "lambda_min_pos": float(self.eigenvalues[i_min]), "lambda_max": float(self.eigenvalues[i_max])}
+        return {
+            "min_pos": self.eigenvectors[:, i_min],
+            "max": self.eigenvectors[:, i_max],
+            "lambda_min_pos": float(self.eigenvalues[i_min]),
+            "lambda_max": float(self.eigenvalues[i_max]),
+        }
 
     def summary(self, top_k: int = 10) -> dict:
         cond = {k: v for k, v in self.condition.items() if k != "resolved"}
-        return {"loss": self.loss, "form": self.form, "method": self.method, "n_params": self.n_params, "value": self.value,
-                "operator_calls": self.calls, "condition": cond, "density": self.density.summary(),
-                "top_eigenvalues": self.top(top_k)}
+        return {
+            "loss": self.loss,
+            "form": self.form,
+            "method": self.method,
+            "n_params": self.n_params,
+            "value": self.value,
+            "operator_calls": self.calls,
+            "condition": cond,
+            "density": self.density.summary(),
+            "top_eigenvalues": self.top(top_k),
+        }
 
 
 def curvature_spectrum(
@@ -203,9 +223,11 @@ def curvature_spectrum(
         density = SpectralDensity.from_eigenvalues(vals)
         cond = resolved_condition(vals, None, n=n, rtol=rtol)
         return CurvatureSpectrum(which, form, "exact", n, vals, vecs, None, density, cond, float(op.value.detach()), op.calls)
-    density, runs = stochastic_lanczos_quadrature(op, n, steps=steps, probes=probes, generator=generator,
-                                                  dtype=losses.theta0.dtype, device=losses.theta0.device)
+    density, runs = stochastic_lanczos_quadrature(
+        op, n, steps=steps, probes=probes, generator=generator, dtype=losses.theta0.dtype, device=losses.theta0.device
+    )
     first = runs[0]
     cond = resolved_condition(first.values, first.residuals, rtol=rtol)
-    return CurvatureSpectrum(which, form, "lanczos", n, first.values, first.vectors, first.residuals, density, cond,
-                             float(op.value.detach()), op.calls)
+    return CurvatureSpectrum(
+        which, form, "lanczos", n, first.values, first.vectors, first.residuals, density, cond, float(op.value.detach()), op.calls
+    )

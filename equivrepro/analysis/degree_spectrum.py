@@ -54,10 +54,21 @@ def _spectrum_numbers(spec) -> dict[str, Any]:
     """JSON-ready numbers of one :class:`~equivrepro.metrics.spectral.DegreeSpectrum`."""
     mean, se, share, share_se = spec.mean, spec.se, spec.equiv_share, spec.equiv_share_se
     return {
-        "k": spec.k, "l_max": spec.l_max, "n_samples": spec.n_samples, "centring": spec.centring,
-        "equiv": _finite(spec.equiv.mean()), "total": _finite(spec.total.mean()),
-        "degrees": {str(d): {"E": _finite(mean[d]), "se": _finite(se[d]), "share_of_equiv": _finite(share[d]),
-                             "share_of_equiv_se": _finite(share_se[d])} for d in range(1, spec.l_max + 1)},
+        "k": spec.k,
+        "l_max": spec.l_max,
+        "n_samples": spec.n_samples,
+        "centring": spec.centring,
+        "equiv": _finite(spec.equiv.mean()),
+        "total": _finite(spec.total.mean()),
+        "degrees": {
+            str(d): {
+                "E": _finite(mean[d]),
+                "se": _finite(se[d]),
+                "share_of_equiv": _finite(share[d]),
+                "share_of_equiv_se": _finite(share_se[d]),
+            }
+            for d in range(1, spec.l_max + 1)
+        },
         "twirl_sq_norm": _finite(mean[0]),
         "remainder": _finite(spec.remainder.mean()),
         "remainder_share_of_equiv": _finite(spec.remainder.mean() / spec.equiv.mean()) if spec.equiv.mean() > 0 else None,
@@ -66,10 +77,14 @@ def _spectrum_numbers(spec) -> dict[str, Any]:
 
 
 def _angle_numbers(degrees: Sequence[float], measured, predicted) -> dict[str, Any]:
-    return {"degrees": [float(a) for a in degrees],
-            "measured": [_finite(v) for v in measured.mean], "measured_se": [_finite(v) for v in measured.se],
-            "predicted": [_finite(v) for v in predicted.mean], "predicted_se": [_finite(v) for v in predicted.se],
-            "predicted_upper": [_finite(v) for v in predicted.upper]}
+    return {
+        "degrees": [float(a) for a in degrees],
+        "measured": [_finite(v) for v in measured.mean],
+        "measured_se": [_finite(v) for v in measured.se],
+        "predicted": [_finite(v) for v in predicted.mean],
+        "predicted_se": [_finite(v) for v in predicted.se],
+        "predicted_upper": [_finite(v) for v in predicted.upper],
+    }
 
 
 def _angle_metrics(term: str, suffix: str, degrees: Sequence[float], measured, predicted) -> dict[str, float]:
@@ -121,17 +136,31 @@ def degree_spectrum_analysis(
     was_training = model.training
     model.eval()
     result: dict[str, Any] = {
-        "step": int(run.step), "k": int(heldout.k), "num_samples": int(heldout.num_samples), "seed": int(heldout.seed), "l_max": int(l_max),
-        "removed_degrees": {"cube": list(removed_degrees(octahedral_group(), l_max)),
-                            "icosahedral": list(removed_degrees(icosahedral_group(), l_max))},
+        "step": int(run.step),
+        "k": int(heldout.k),
+        "num_samples": int(heldout.num_samples),
+        "seed": int(heldout.seed),
+        "l_max": int(l_max),
+        "removed_degrees": {
+            "cube": list(removed_degrees(octahedral_group(), l_max)),
+            "icosahedral": list(removed_degrees(icosahedral_group(), l_max)),
+        },
         "suffixes": {},
     }
     logged: dict[str, float] = {}
     try:
         for suffix in chosen:
             batches, rotations = heldout.select(suffix)
-            metric = EquivarianceMetric(task, k=heldout.k, suffix=suffix, chunk_size=chunk_size, spectrum_l_max=int(l_max), bootstrap=0,
-                                        sync=False, attribution=True)
+            metric = EquivarianceMetric(
+                task,
+                k=heldout.k,
+                suffix=suffix,
+                chunk_size=chunk_size,
+                spectrum_l_max=int(l_max),
+                bootstrap=0,
+                sync=False,
+                attribution=True,
+            )
             with torch.no_grad():
                 for batch, rot in zip(batches, rotations):
                     metric.update(model, batch, rot)
@@ -140,10 +169,12 @@ def degree_spectrum_analysis(
             terms: dict[str, Any] = {}
             for term in task.terms:
                 d = decs[term.name]
-                entry: dict[str, Any] = {"quadratic": term.quadratic,
-                                         "pct": _finite(metrics[keys.key(keys.EQUIV, term.name, "pct", suffix)]),
-                                         "equiv": _finite(metrics[keys.key(keys.EQUIV, term.name, "equiv", suffix)]),
-                                         "total": _finite(d.total.double().mean())}
+                entry: dict[str, Any] = {
+                    "quadratic": term.quadratic,
+                    "pct": _finite(metrics[keys.key(keys.EQUIV, term.name, "pct", suffix)]),
+                    "equiv": _finite(metrics[keys.key(keys.EQUIV, term.name, "equiv", suffix)]),
+                    "total": _finite(d.total.double().mean()),
+                }
                 if term.name in spectra:
                     entry["spectrum"] = _spectrum_numbers(spectra[term.name])
                 if term.name in binned:
@@ -153,15 +184,22 @@ def degree_spectrum_analysis(
             if angle_rotations > 0 and primary.name in spectra and len(omegas):
                 gen = torch.Generator().manual_seed(int(seed))
                 with torch.no_grad():
-                    parts = [angle_curve_measured(model, task, b, omegas, int(angle_rotations), gen, primary, chunk_size=chunk_size)
-                             for b in batches]
+                    parts = [
+                        angle_curve_measured(model, task, b, omegas, int(angle_rotations), gen, primary, chunk_size=chunk_size)
+                        for b in batches
+                    ]
                 measured = AngleCurve(omegas, torch.cat([p.per_sample for p in parts]))
                 predicted = angle_curve_predicted(spectra[primary.name], omegas)
                 terms[primary.name]["angle"] = _angle_numbers(angle_degrees, measured, predicted)
                 metrics.update(_angle_metrics(primary.name, suffix, angle_degrees, measured, predicted))
             result["suffixes"][suffix] = {"terms": terms}
-            logged.update({k: v for k, v in metrics.items() if keys.parse(k) is not None and
-                           keys.parse(k).family in (keys.EQUIV, keys.SPECTRUM, keys.ANGLE, keys.ATTRIBUTION)})
+            logged.update(
+                {
+                    k: v
+                    for k, v in metrics.items()
+                    if keys.parse(k) is not None and keys.parse(k).family in (keys.EQUIV, keys.SPECTRUM, keys.ANGLE, keys.ATTRIBUTION)
+                }
+            )
     finally:
         model.train(was_training)
     result["seconds"] = time.perf_counter() - t0
@@ -207,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, type=Path, help="the run directory")
     p.add_argument("--out", required=True, type=Path, help="where degree_spectrum.json and the figures go")
     p.add_argument("--step", type=int, default=None, help="a snapshot step (trainer.snapshot_steps); default: the last checkpoint")
-    p.add_argument("--k", type=int, default=None,
-                   help="Haar rotations per sample (default: the run's equivariance.k; 50 resolves l ≤ 8 well)")
+    p.add_argument(
+        "--k", type=int, default=None, help="Haar rotations per sample (default: the run's equivariance.k; 50 resolves l ≤ 8 well)"
+    )
     p.add_argument("--num-samples", type=int, default=None, help="held-out samples (default: the run's equivariance.num_samples)")
     p.add_argument("--batch-size", type=int, default=None, help="held-out samples per forward pass (default: the run's)")
     p.add_argument("--seed", type=int, default=None, help="seed of the held-out set (default: the run's equivariance.seed)")
@@ -236,15 +275,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ecfg = run.config.equivariance
     pick = lambda v, name: int(v if v is not None else ecfg[name])  # noqa: E731
     l_max = args.l_max if args.l_max is not None else int(ecfg.get("spectrum_l_max") or 8)
-    held = freeze_heldout(run.task, run.datamodule.heldout_dataset, run.datamodule.collate, pick(args.num_samples, "num_samples"),
-                          pick(args.k, "k"), pick(args.batch_size, "batch_size"), pick(args.seed, "seed"), device=args.device, dtype=dtype)
+    held = freeze_heldout(
+        run.task,
+        run.datamodule.heldout_dataset,
+        run.datamodule.collate,
+        pick(args.num_samples, "num_samples"),
+        pick(args.k, "k"),
+        pick(args.batch_size, "batch_size"),
+        pick(args.seed, "seed"),
+        device=args.device,
+        dtype=dtype,
+    )
     held.chunks = {s: [cast_batch(b, dtype) for b in bs] for s, bs in held.chunks.items()}
     if args.eval_suffix:
         bad = [s for s in args.eval_suffix if s not in held.suffixes]
         if bad:
             raise SystemExit(f"--eval-suffix {bad}: not among this task's evaluation batches {held.suffixes}")
-    res = degree_spectrum_analysis(run, held, l_max=l_max, angle_rotations=args.angle_rotations, suffixes=args.eval_suffix,
-                                   out=args.out, chunk_size=args.chunk_size)
+    res = degree_spectrum_analysis(
+        run, held, l_max=l_max, angle_rotations=args.angle_rotations, suffixes=args.eval_suffix, out=args.out, chunk_size=args.chunk_size
+    )
     for suffix, entry in res["suffixes"].items():
         for term, t in entry["terms"].items():
             if "spectrum" not in t:
@@ -252,11 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if t["pct"] is not None and abs(t["pct"]) < 1e-9:  # exactly equivariant to round-off: its shares are noise
                 print(f"[spectrum] step {res['step']} {suffix or '-'} {term}: pct {100 * t['pct']:.3g}% (equivariant to round-off)")
                 continue
-            shares = ", ".join(f"l={d}: {100 * v['share_of_equiv']:.1f}%" for d, v in t["spectrum"]["degrees"].items()
-                               if v["share_of_equiv"] is not None)
+            shares = ", ".join(
+                f"l={d}: {100 * v['share_of_equiv']:.1f}%" for d, v in t["spectrum"]["degrees"].items() if v["share_of_equiv"] is not None
+            )
             rem = t["spectrum"]["remainder_share_of_equiv"]
-            print(f"[spectrum] step {res['step']} {suffix or '-'} {term}: pct {100 * (t['pct'] or 0):.3g}% | {shares}"
-                  + (f" | >l_max: {100 * rem:.1f}%" if rem is not None else ""))
+            print(
+                f"[spectrum] step {res['step']} {suffix or '-'} {term}: pct {100 * (t['pct'] or 0):.3g}% | {shares}"
+                + (f" | >l_max: {100 * rem:.1f}%" if rem is not None else "")
+            )
     for stem, why in res["figures_skipped"].items():
         print(f"[spectrum] figure {stem} skipped: {why}", file=sys.stderr)
     print(f"[spectrum] wrote {args.out / 'degree_spectrum.json'} ({res['seconds']:.1f} s, K = {res['k']}, {res['num_samples']} samples)")

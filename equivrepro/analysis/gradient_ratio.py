@@ -36,7 +36,11 @@ def _clean(df: pd.DataFrame, step_col: str, pct_col: str, ratio_col: str) -> tup
 
 
 def ratio_correlation(
-    df: pd.DataFrame, *, step_col: str = "step", pct_col: str = "pct", ratio_col: str = "grad_norm_ratio",
+    df: pd.DataFrame,
+    *,
+    step_col: str = "step",
+    pct_col: str = "pct",
+    ratio_col: str = "grad_norm_ratio",
     min_step: float | None = None,
 ) -> dict[str, float]:
     """``{'pearson_r', 'pearson_p', 'spearman_rho', 'spearman_p', 'n', 'n_dropped'}`` in log space.
@@ -52,14 +56,21 @@ def ratio_correlation(
     pr = stats.pearsonr(lx, ly)
     sr = stats.spearmanr(lx, ly)
     return {
-        "pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue),
-        "n": int(len(sub)), "n_dropped": dropped,
+        "pearson_r": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "spearman_rho": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
+        "n": int(len(sub)),
+        "n_dropped": dropped,
     }
 
 
 def ema_trajectory(
-    df: pd.DataFrame, *, step_col: str = "step", pct_col: str = "pct", ratio_col: str = "grad_norm_ratio",
+    df: pd.DataFrame,
+    *,
+    step_col: str = "step",
+    pct_col: str = "pct",
+    ratio_col: str = "grad_norm_ratio",
     span_fraction: float = 0.01,
 ) -> pd.DataFrame:
     """``step, grad_norm_ratio, pct, ratio_ema, pct_ema``: geometric (log-space) variable-span EMAs."""
@@ -72,7 +83,11 @@ def ema_trajectory(
 
 
 def wide_from_results(
-    table: pd.DataFrame, *, pct_metric: str, ratio_metric: str, run_id: str | None = None,
+    table: pd.DataFrame,
+    *,
+    pct_metric: str,
+    ratio_metric: str,
+    run_id: str | None = None,
 ) -> pd.DataFrame:
     """Rows of one run of the tidy results table → ``step, pct, grad_norm_ratio`` (inner join on step).
 

@@ -46,8 +46,18 @@ def _slope(x: np.ndarray, y: np.ndarray) -> float:
     return float(((x - x.mean()) * (y - y.mean())).mean() / vx) if vx > 0 else float("nan")
 
 
-def deviation_correlation(frame: pd.DataFrame, x: str, y: str, *, step_col: str = "step", n_boot: int = 2000,
-                          block: int | None = None, level: float = 0.95, seed: int = 0, min_step: float | None = None) -> dict:
+def deviation_correlation(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    step_col: str = "step",
+    n_boot: int = 2000,
+    block: int | None = None,
+    level: float = 0.95,
+    seed: int = 0,
+    min_step: float | None = None,
+) -> dict:
     """Log–log fit and correlations of column ``y`` (L_equiv) against column ``x`` (a head deviation) of ``frame``
     (one row per evaluation; ``step_col`` a column or the index). Rows with a non-finite or non-positive value, or
     before ``min_step``, are dropped (counted). Returns the numbers and ``table`` (step, x, y of the points used)."""
@@ -81,12 +91,25 @@ def deviation_correlation(frame: pd.DataFrame, x: str, y: str, *, step_col: str 
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     ci = {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in boot.items()}
     return {
-        "x": x, "y": y, "n": n, "n_dropped": int((~ok).sum()),
-        "slope": slope, "intercept": intercept, "r2": 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
-        "pearson_r": float(pr.statistic), "pearson_p": float(pr.pvalue),
-        "spearman_rho": float(sr.statistic), "spearman_p": float(sr.pvalue),
-        "bootstrap": {"method": "moving-block", "block": block, "n_boot": int(n_boot), "level": level,
-                      **{f"{k}_ci": v for k, v in ci.items()}},
-        "x_range": [float(used[x].min()), float(used[x].max())], "y_range": [float(used[y].min()), float(used[y].max())],
+        "x": x,
+        "y": y,
+        "n": n,
+        "n_dropped": int((~ok).sum()),
+        "slope": slope,
+        "intercept": intercept,
+        "r2": 1.0 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan"),
+        "pearson_r": float(pr.statistic),
+        "pearson_p": float(pr.pvalue),
+        "spearman_rho": float(sr.statistic),
+        "spearman_p": float(sr.pvalue),
+        "bootstrap": {
+            "method": "moving-block",
+            "block": block,
+            "n_boot": int(n_boot),
+            "level": level,
+            **{f"{k}_ci": v for k, v in ci.items()},
+        },
+        "x_range": [float(used[x].min()), float(used[x].max())],
+        "y_range": [float(used[y].min()), float(used[y].max())],
         "table": used.rename(columns={step_col: "step", x: "deviation", y: "l_equiv"}),
     }

@@ -77,8 +77,9 @@ class HessianOperator:
         self.calls = 0
 
     @classmethod
-    def shared(cls, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], theta: torch.Tensor,
-               names: tuple[str, ...]) -> dict[str, HessianOperator]:
+    def shared(
+        cls, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], theta: torch.Tensor, names: tuple[str, ...]
+    ) -> dict[str, HessianOperator]:
         """One operator per ``names`` key of ``fn(theta)`` (a dict of scalars), all from a single forward pass."""
         leaf = theta.detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -197,8 +198,14 @@ def lanczos(
     evals, evecs = torch.linalg.eigh(t)
     residuals = abs(betas[m - 1]) * evecs[m - 1].abs()
     vectors = basis[:, :m] @ evecs.to(dtype=dtype, device=basis.device)
-    return LanczosResult(values=evals.to(dtype), vectors=vectors, residuals=residuals.to(dtype), steps=m, breakdown=breakdown,
-                         first_components=evecs[0].clone())
+    return LanczosResult(
+        values=evals.to(dtype),
+        vectors=vectors,
+        residuals=residuals.to(dtype),
+        steps=m,
+        breakdown=breakdown,
+        first_components=evecs[0].clone(),
+    )
 
 
 def power_iteration(

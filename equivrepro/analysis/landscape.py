@@ -52,8 +52,16 @@ from equivrepro.analysis.hessian import DEFAULT_REL_THRESHOLD, Spectrum, hessian
 from equivrepro.analysis.subset import LOSS_NAMES, SubsetLosses
 from equivrepro.atomic import atomic_write
 
-__all__ = ["Landscape", "loss_landscape", "redrawn_landscape", "evaluate_points", "grid_coordinates", "quadratic_fit", "smoothness",
-           "Directions"]
+__all__ = [
+    "Landscape",
+    "loss_landscape",
+    "redrawn_landscape",
+    "evaluate_points",
+    "grid_coordinates",
+    "quadratic_fit",
+    "smoothness",
+    "Directions",
+]
 
 #: ``{source: {'min_pos': (P,), 'max': (P,), 'lambda_min_pos': float, 'lambda_max': float}}``
 Directions = Mapping[str, Mapping[str, object]]
@@ -122,8 +130,9 @@ def evaluate_points(losses: SubsetLosses, thetas: torch.Tensor, points_per_call:
                 parts = [torch.func.vmap(lambda t: _loss_vector(losses, t))(thetas[i : i + m]) for i in range(0, thetas.shape[0], m)]
                 return torch.cat(parts).detach().to("cpu", torch.float64), m
             except (RuntimeError, NotImplementedError, ValueError) as exc:
-                warnings.warn(f"vmap over landscape points failed ({type(exc).__name__}: {exc}); evaluating one point at a time",
-                              stacklevel=2)
+                warnings.warn(
+                    f"vmap over landscape points failed ({type(exc).__name__}: {exc}); evaluating one point at a time", stacklevel=2
+                )
         return torch.stack([_loss_vector(losses, t) for t in thetas]).detach().to("cpu", torch.float64), 1
 
 
@@ -151,9 +160,15 @@ class Landscape:
                 continue
             s, st = self.own(loss), self.stats[loss][loss]
             out[loss] = {
-                "min": float(s.min()), "max": float(s.max()), "centre": self.centre[loss], "r2": st["r2"],
-                "c_xx_min_axis": st["c_xx"], "c_yy_max_axis": st["c_yy"], "smoothness": st["smoothness"],
-                "lambda_min_pos": self.eigenvalues[loss]["min_pos"], "lambda_max": self.eigenvalues[loss]["max"],
+                "min": float(s.min()),
+                "max": float(s.max()),
+                "centre": self.centre[loss],
+                "r2": st["r2"],
+                "c_xx_min_axis": st["c_xx"],
+                "c_yy_max_axis": st["c_yy"],
+                "smoothness": st["smoothness"],
+                "lambda_min_pos": self.eigenvalues[loss]["min_pos"],
+                "lambda_max": self.eigenvalues[loss]["max"],
             }
         return out
 
@@ -240,9 +255,15 @@ def loss_landscape(
         for name, z in grid.items():
             stats[src][name] = _surface_stats(coords, z)
     config = {
-        "n": n, "step": step, "sources": list(sources), "points_per_call": points_per_call, "rel_threshold": rel_threshold,
+        "n": n,
+        "step": step,
+        "sources": list(sources),
+        "points_per_call": points_per_call,
+        "rel_threshold": rel_threshold,
         "resolved_tol": resolved_tol,
-        "axis0": "min-positive eigenvector", "axis1": "max eigenvector", "redrawn": False,
+        "axis0": "min-positive eigenvector",
+        "axis1": "max eigenvector",
+        "redrawn": False,
         "hessian": {s: {"method": spectra[s].method, **spectra[s].condition(rel_threshold, resolved_tol)} for s in sources if s in spectra},
         **losses.describe(),
     }
@@ -293,6 +314,5 @@ def redrawn_landscape(
                 values[p] = torch.tensor([float(v[name]) for name in LOSS_NAMES], dtype=torch.float64)
         surfaces[src] = {name: values[:, c].reshape(n, n).clone() for c, name in enumerate(LOSS_NAMES)}
         stats[src] = {name: _surface_stats(coords, z) for name, z in surfaces[src].items()}
-    config = {**frozen.config, "n": n, "redrawn": True, "centre_draws": centre_draws, "noise": noise, "draws": index,
-              "points_per_call": 1}
+    config = {**frozen.config, "n": n, "redrawn": True, "centre_draws": centre_draws, "noise": noise, "draws": index, "points_per_call": 1}
     return Landscape(coords, surfaces, {s: dict(d) for s, d in frozen.directions.items()}, dict(frozen.eigenvalues), centre, config, stats)

@@ -226,16 +226,18 @@ def deviation_scaling(
             theta = par.flat() + float(a) * dev.flat()
             vals = {k: float(v) for k, v in losses.evaluate(theta.to(losses.theta0)).items()}
             scaled_norm = float(theta.double().norm())
-            rows.append({
-                "alpha": float(a),
-                "deviation": abs(float(a)) * base["deviation"],
-                "relative_deviation": abs(float(a)) * base["deviation"] / scaled_norm if scaled_norm > 0 else float("nan"),
-                "l_equiv": vals["equiv"],
-                "l_mean": vals["mean"],
-                "l_total": vals["total"],
-                "pct": vals["equiv"] / vals["total"] if vals["total"] != 0 else float("nan"),
-                "l_equiv_over_alpha2": vals["equiv"] / float(a) ** 2 if a != 0 else float("nan"),
-            })
+            rows.append(
+                {
+                    "alpha": float(a),
+                    "deviation": abs(float(a)) * base["deviation"],
+                    "relative_deviation": abs(float(a)) * base["deviation"] / scaled_norm if scaled_norm > 0 else float("nan"),
+                    "l_equiv": vals["equiv"],
+                    "l_mean": vals["mean"],
+                    "l_total": vals["total"],
+                    "pct": vals["equiv"] / vals["total"] if vals["total"] != 0 else float("nan"),
+                    "l_equiv_over_alpha2": vals["equiv"] / float(a) ** 2 if a != 0 else float("nan"),
+                }
+            )
     table = pd.DataFrame(rows)
     positive = int(((table["deviation"] > 0) & (table["l_equiv"] > 0)).sum())
     nan_fit = dict.fromkeys(("slope", "intercept", "r2"), float("nan"))

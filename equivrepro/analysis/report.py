@@ -118,8 +118,17 @@ def held_out_for(run, args, device, dtype, preferred_suffix: str | None):
     use = {key: int(v if v is not None else ecfg[key]) for key, v in want.items()}
     if use["k"] < 2:
         raise SystemExit(f"--k must be ≥ 2 rotations per sample (the equivariance error needs two), got {use['k']}")
-    held = freeze_heldout(run.task, run.datamodule.heldout_dataset, run.datamodule.collate, use["num_samples"], use["k"],
-                          use["batch_size"], use["seed"], device=device, dtype=dtype)
+    held = freeze_heldout(
+        run.task,
+        run.datamodule.heldout_dataset,
+        run.datamodule.collate,
+        use["num_samples"],
+        use["k"],
+        use["batch_size"],
+        use["seed"],
+        device=device,
+        dtype=dtype,
+    )
     try:
         suffix = pick_suffix(held.suffixes, args.eval_suffix, preferred_suffix)
     except KeyError as exc:
@@ -128,8 +137,14 @@ def held_out_for(run, args, device, dtype, preferred_suffix: str | None):
     batches = [cast_batch(b, dtype) for b in batches]
     rotations = [r.to(dtype) for r in rotations]
     same = all(use[key] == int(ecfg[key]) for key in use)
-    info = {**use, "num_samples": held.num_samples, "suffix": suffix, "available_suffixes": held.suffixes,
-            "heldout_dataset_size": held.dataset_size, "matches_training_eval": same and args.weights == "ema"}
+    info = {
+        **use,
+        "num_samples": held.num_samples,
+        "suffix": suffix,
+        "available_suffixes": held.suffixes,
+        "heldout_dataset_size": held.dataset_size,
+        "matches_training_eval": same and args.weights == "ema",
+    }
     return held, suffix, batches, rotations, info
 
 
@@ -141,11 +156,27 @@ def _draw_factory(run, args, device, dtype, suffix: str, info: dict, params):
 
     def draw(i: int):
         seed = (int(info["seed"]) * 1_000_003 + 7_919 * (i + 1) + int(args.seed_analysis)) % (2**62)
-        h = freeze_heldout(run.task, run.datamodule.heldout_dataset, run.datamodule.collate, info["num_samples"], info["k"],
-                           info["batch_size"], seed, device=device, dtype=dtype)
+        h = freeze_heldout(
+            run.task,
+            run.datamodule.heldout_dataset,
+            run.datamodule.collate,
+            info["num_samples"],
+            info["k"],
+            info["batch_size"],
+            seed,
+            device=device,
+            dtype=dtype,
+        )
         batches, rotations = h.select(suffix)
-        return SubsetLosses(run.model, run.task, [cast_batch(b, dtype) for b in batches], [r.to(dtype) for r in rotations], params,
-                            estimator=args.estimator, chunk_size=run.config.equivariance.chunk_size)
+        return SubsetLosses(
+            run.model,
+            run.task,
+            [cast_batch(b, dtype) for b in batches],
+            [r.to(dtype) for r in rotations],
+            params,
+            estimator=args.estimator,
+            chunk_size=run.config.equivariance.chunk_size,
+        )
 
     return draw
 
@@ -171,39 +202,79 @@ def analyse_spectrum(run, losses, batches, args, out: Path) -> tuple[dict, dict]
             notes.append(f"GGN skipped: term {losses.term.name!r} is not quadratic")
             continue
         ops = curvature_operators(losses, form)
-        spectra[form] = {w: curvature_spectrum(losses, w, form, exact_max=args.exact_max, steps=args.lanczos_steps,
-                                               probes=args.slq_probes, rtol=args.rtol, generator=gen, chunk=args.hvp_chunk,
-                                               operator=ops[w])
-                         for w in ("mean", "equiv")}
+        spectra[form] = {
+            w: curvature_spectrum(
+                losses,
+                w,
+                form,
+                exact_max=args.exact_max,
+                steps=args.lanczos_steps,
+                probes=args.slq_probes,
+                rtol=args.rtol,
+                generator=gen,
+                chunk=args.hvp_chunk,
+                operator=ops[w],
+            )
+            for w in ("mean", "equiv")
+        }
         del ops
-    verdict = structure_verdict(run.model, run.task, batches, args.params, linear_head=run.config.equivariance.get("linear_head"),
-                                term=losses.term, samples=args.structure_samples, chunk_size=run.config.equivariance.chunk_size,
-                                exact_max=args.exact_max, steps=args.structure_steps, generator=torch.Generator().manual_seed(1),
-                                numeric=args.structure == "cube", rtol=args.structure_rtol)
+    verdict = structure_verdict(
+        run.model,
+        run.task,
+        batches,
+        args.params,
+        linear_head=run.config.equivariance.get("linear_head"),
+        term=losses.term,
+        samples=args.structure_samples,
+        chunk_size=run.config.equivariance.chunk_size,
+        exact_max=args.exact_max,
+        steps=args.structure_steps,
+        generator=torch.Generator().manual_seed(1),
+        numeric=args.structure == "cube",
+        rtol=args.structure_rtol,
+    )
     rows = []
     for form, by_loss in spectra.items():
         for loss, sp in by_loss.items():
             ok = sp.condition["resolved"]
             for i, lam in enumerate(sp.eigenvalues.tolist()):
-                rows.append({"form": form, "loss": loss, "index": i, "eigenvalue": lam,
-                             "residual": float(sp.residuals[i]) if sp.residuals is not None else 0.0, "resolved": bool(ok[i])})
+                rows.append(
+                    {
+                        "form": form,
+                        "loss": loss,
+                        "index": i,
+                        "eigenvalue": lam,
+                        "residual": float(sp.residuals[i]) if sp.residuals is not None else 0.0,
+                        "resolved": bool(ok[i]),
+                    }
+                )
     atomic_write_text(out / "spectrum.csv", pd.DataFrame(rows).to_csv(index=False))
     title = f"{losses.n_params} parameters of {args.params} ({verdict.verdict})"
     if spectra:
         spectral_densities(spectra, out / "spectral_density", title=title)
         top_eigenvalues(spectra, out / "top_eigenvalues", title=title)
-    summary: dict[str, Any] = {"n_params": losses.n_params, "parameters": losses.names, "estimator": losses.describe()["estimator"],
-                               "rtol": args.rtol, "structure": verdict.to_dict(), "notes": notes, "forms": {}}
+    summary: dict[str, Any] = {
+        "n_params": losses.n_params,
+        "parameters": losses.names,
+        "estimator": losses.describe()["estimator"],
+        "rtol": args.rtol,
+        "structure": verdict.to_dict(),
+        "notes": notes,
+        "forms": {},
+    }
     for form, by_loss in spectra.items():
         m, e = by_loss["mean"], by_loss["equiv"]
         km, ke = m.condition["kappa"], e.condition["kappa"]
         rm, re_ = m.density.ranks(), e.density.ranks()
         summary["forms"][form] = {
-            "method": m.method, "mean": m.summary(args.top_k), "equiv": e.summary(args.top_k),
+            "method": m.method,
+            "mean": m.summary(args.top_k),
+            "equiv": e.summary(args.top_k),
             "kappa_ratio_mean_over_equiv": None if verdict.forced or not (km > 0 and ke > 0) else km / ke,
             "entropy_rank_ratio_mean_over_equiv": rm["entropy_rank"] / re_["entropy_rank"] if re_["entropy_rank"] > 0 else None,
-            "lambda_max_ratio_mean_over_equiv": (m.condition["lambda_max"] / e.condition["lambda_max"]
-                                                 if e.condition["lambda_max"] > 0 else None),
+            "lambda_max_ratio_mean_over_equiv": (
+                m.condition["lambda_max"] / e.condition["lambda_max"] if e.condition["lambda_max"] > 0 else None
+            ),
         }
     return summary, spectra
 
@@ -218,20 +289,37 @@ def analyse_landscape(losses, spectra: dict, draw, args, out: Path, grid_step: f
     frozen.config["direction_form"] = form
     frozen.save(out / "landscape.pt")
     landscape_surfaces(frozen, out / "landscape")
-    result: dict[str, Any] = {"n": args.grid_n, "step": grid_step, "span": grid_step * args.grid_n / 2, "direction_form": form,
-                              "estimator": losses.describe()["estimator"], "centre": frozen.centre,
-                              "frozen": _landscape_numbers(frozen), "points_per_call": frozen.config.get("points_per_call")}
+    result: dict[str, Any] = {
+        "n": args.grid_n,
+        "step": grid_step,
+        "span": grid_step * args.grid_n / 2,
+        "direction_form": form,
+        "estimator": losses.describe()["estimator"],
+        "centre": frozen.centre,
+        "frozen": _landscape_numbers(frozen),
+        "points_per_call": frozen.config.get("points_per_call"),
+    }
     redrawn = None
     if args.redrawn_grid_n > 0:
         redrawn = redrawn_landscape(draw, frozen, n=args.redrawn_grid_n, centre_draws=args.centre_draws)
         redrawn.save(out / "landscape_redrawn.pt")
         noise = redrawn.config["noise"]
-        result["redrawn"] = {**_landscape_numbers(redrawn), "n": args.redrawn_grid_n, "centre_draws": args.centre_draws,
-                             "noise_sd": noise, "centre_mean": redrawn.centre}
+        result["redrawn"] = {
+            **_landscape_numbers(redrawn),
+            "n": args.redrawn_grid_n,
+            "centre_draws": args.centre_draws,
+            "noise_sd": noise,
+            "centre_mean": redrawn.centre,
+        }
         result["frozen_range_over_noise"] = {
-            w: (result["frozen"][w]["max"] - result["frozen"][w]["min"]) / noise[w] if noise[w] > 0 else None for w in ("mean", "equiv")}
-    landscape_frozen_redrawn(frozen, redrawn, out / "landscape_frozen_redrawn",
-                             title=f"{losses.n_params} parameters of {args.params}, span ±{grid_step * args.grid_n / 2:.3g}")
+            w: (result["frozen"][w]["max"] - result["frozen"][w]["min"]) / noise[w] if noise[w] > 0 else None for w in ("mean", "equiv")
+        }
+    landscape_frozen_redrawn(
+        frozen,
+        redrawn,
+        out / "landscape_frozen_redrawn",
+        title=f"{losses.n_params} parameters of {args.params}, span ±{grid_step * args.grid_n / 2:.3g}",
+    )
     return result
 
 
@@ -271,7 +359,9 @@ def analyse_head_deviation(rd, term: str, suffix: str, args, out: Path) -> dict:
             by_metric[h] = {"skipped": str(exc)}
             continue
         by_metric[h] = {k: r[k] for k in ("n", "slope", "pearson_r", "spearman_rho")} | {
-            "pearson_r_ci": r["bootstrap"]["pearson_r_ci"], "spearman_rho_ci": r["bootstrap"]["spearman_rho_ci"]}
+            "pearson_r_ci": r["bootstrap"]["pearson_r_ci"],
+            "spearman_rho_ci": r["bootstrap"]["spearman_rho_ci"],
+        }
     return {**{k: v for k, v in res.items() if k != "table"}, "by_metric": by_metric}
 
 
@@ -282,8 +372,17 @@ def analyse_twirl(run, batches, args, out: Path) -> dict:
     from equivrepro.plots.analysis import twirl_cost
 
     gen = torch.Generator().manual_seed(args.seed_analysis + 1)
-    df = twirl_mse_table(run.model, run.task, batches, None, ks=args.twirl_ks, n_draws=args.twirl_draws,
-                         reference_k=args.reference_k, generator=gen, chunk_size=run.config.equivariance.chunk_size)
+    df = twirl_mse_table(
+        run.model,
+        run.task,
+        batches,
+        None,
+        ks=args.twirl_ks,
+        n_draws=args.twirl_draws,
+        reference_k=args.reference_k,
+        generator=gen,
+        chunk_size=run.config.equivariance.chunk_size,
+    )
     twirl_cost(df, out / "twirl")
     return {**df.attrs, "ks": [int(k) for k in df["k"]], "table": df.to_dict(orient="records")}
 
@@ -301,6 +400,7 @@ def analyse_gradient_ratio(rd, suffixes: list[str], suffix: str, term: str, args
         return {"skipped": f"the run has no {rd.METRICS}"}
     table = pd.DataFrame(rd.read_metrics(), columns=["step", "metric", "value"])
     names = set(table["metric"].unique())
+
     def pct_key(s: str) -> str:
         """``grad_pct`` (the pct of exactly the samples and weights the gradients were taken on) when the run logged it."""
         own = keys.key(keys.EQUIV, term, "grad_pct", s)
@@ -322,7 +422,13 @@ def analyse_gradient_ratio(rd, suffixes: list[str], suffix: str, term: str, args
     ratio_key = keys.key(keys.EQUIV, term, "grad_norm_ratio", fig_suffix)
     df = wide_from_results(table, pct_metric=pct_key(fig_suffix), ratio_metric=ratio_key)
     corr = gradient_ratio_scatter(df, out / "gradient_ratio", span_fraction=args.ema_span)
-    return {"suffix": fig_suffix, "metric": ratio_key, "pct_metric": pct_key(fig_suffix), **corr, "per_suffix": per_suffix if len(per_suffix) > 1 else None}
+    return {
+        "suffix": fig_suffix,
+        "metric": ratio_key,
+        "pct_metric": pct_key(fig_suffix),
+        **corr,
+        "per_suffix": per_suffix if len(per_suffix) > 1 else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -361,52 +467,68 @@ def print_summary(s: dict) -> None:
     sp = s.get("spectrum")
     if sp and "skipped" not in sp:
         st = sp["structure"]
-        print(f"spectrum of {sp['n_params']} parameters of {s['params']} ({sp['estimator']} estimator): "
-              f"{st['verdict'].upper()} — {st['reason']}")
+        print(
+            f"spectrum of {sp['n_params']} parameters of {s['params']} ({sp['estimator']} estimator): "
+            f"{st['verdict'].upper()} — {st['reason']}"
+        )
         for form, f in sp["forms"].items():
             print(f"  {form} ({f['method']}):")
             for w in ("mean", "equiv"):
                 c, d = f[w]["condition"], f[w]["density"]
-                print(f"    L_{w:5s} κ(resolved) = {_fmt(c['kappa'], '.3g')} over {c['n_resolved_positive']} resolved positive "
-                      f"({c['n_resolved']} resolved, {c['n_resolved_negative']} negative, of {c['n_values']}); "
-                      f"λ_max = {_fmt(c['lambda_max'], '.3g')}; "
-                      f"effective rank: trace {_fmt(d['trace_rank'], '.3g')}, entropy {_fmt(d['entropy_rank'], '.3g')}; "
-                      f"negative mass {_fmt(d['negative_mass'], '.2g')}")
+                print(
+                    f"    L_{w:5s} κ(resolved) = {_fmt(c['kappa'], '.3g')} over {c['n_resolved_positive']} resolved positive "
+                    f"({c['n_resolved']} resolved, {c['n_resolved_negative']} negative, of {c['n_values']}); "
+                    f"λ_max = {_fmt(c['lambda_max'], '.3g')}; "
+                    f"effective rank: trace {_fmt(d['trace_rank'], '.3g')}, entropy {_fmt(d['entropy_rank'], '.3g')}; "
+                    f"negative mass {_fmt(d['negative_mass'], '.2g')}"
+                )
             ratio = f["kappa_ratio_mean_over_equiv"]
-            print(f"    κ(L_mean)/κ(L_equiv) = {_fmt(ratio, '.3g') if ratio is not None else 'n/a (' + st['verdict'] + ')'}; "
-                  f"entropy-rank ratio {_fmt(f['entropy_rank_ratio_mean_over_equiv'], '.3g')}")
+            print(
+                f"    κ(L_mean)/κ(L_equiv) = {_fmt(ratio, '.3g') if ratio is not None else 'n/a (' + st['verdict'] + ')'}; "
+                f"entropy-rank ratio {_fmt(f['entropy_rank_ratio_mean_over_equiv'], '.3g')}"
+            )
         for note in sp.get("notes", []):
             print(f"  note: {note}")
     la = s.get("landscape")
     if la and "skipped" not in la:
         fz = la["frozen"]
-        print(f"landscape ±{_fmt(la['span'], '.3g')} along the {la['direction_form']} eigenvectors: frozen {la['n']}×{la['n']} "
-              f"R²(L_mean) = {_fmt(fz['mean']['r2'], '.3f')}, R²(L_equiv) = {_fmt(fz['equiv']['r2'], '.3f')}; "
-              f"smoothness {_fmt(fz['mean']['smoothness'], '.3f')} / {_fmt(fz['equiv']['smoothness'], '.3f')}")
+        print(
+            f"landscape ±{_fmt(la['span'], '.3g')} along the {la['direction_form']} eigenvectors: frozen {la['n']}×{la['n']} "
+            f"R²(L_mean) = {_fmt(fz['mean']['r2'], '.3f')}, R²(L_equiv) = {_fmt(fz['equiv']['r2'], '.3f')}; "
+            f"smoothness {_fmt(fz['mean']['smoothness'], '.3f')} / {_fmt(fz['equiv']['smoothness'], '.3f')}"
+        )
         if "redrawn" in la:
             rd = la["redrawn"]
-            print(f"  redrawn {rd['n']}×{rd['n']}: R²(L_mean) = {_fmt(rd['mean']['r2'], '.3f')}, "
-                  f"R²(L_equiv) = {_fmt(rd['equiv']['r2'], '.3f')}; "
-                  f"smoothness {_fmt(rd['mean']['smoothness'], '.3f')} / {_fmt(rd['equiv']['smoothness'], '.3f')}; evaluation noise SD "
-                  f"{_fmt(rd['noise_sd']['mean'], '.3g')} / {_fmt(rd['noise_sd']['equiv'], '.3g')} (frozen range / noise: "
-                  f"{_fmt(la['frozen_range_over_noise']['mean'], '.3g')} / {_fmt(la['frozen_range_over_noise']['equiv'], '.3g')})")
+            print(
+                f"  redrawn {rd['n']}×{rd['n']}: R²(L_mean) = {_fmt(rd['mean']['r2'], '.3f')}, "
+                f"R²(L_equiv) = {_fmt(rd['equiv']['r2'], '.3f')}; "
+                f"smoothness {_fmt(rd['mean']['smoothness'], '.3f')} / {_fmt(rd['equiv']['smoothness'], '.3f')}; evaluation noise SD "
+                f"{_fmt(rd['noise_sd']['mean'], '.3g')} / {_fmt(rd['noise_sd']['equiv'], '.3g')} (frozen range / noise: "
+                f"{_fmt(la['frozen_range_over_noise']['mean'], '.3g')} / {_fmt(la['frozen_range_over_noise']['equiv'], '.3g')})"
+            )
     hd = s.get("head_deviation")
     if hd and "skipped" not in hd:
         b = hd["bootstrap"]
-        print(f"head deviation vs L_equiv ({hd['x']} vs {hd['y']}, n = {hd['n']} evaluations): slope {_fmt(hd['slope'], '.3g')} "
-              f"[{_fmt(b['slope_ci'][0], '.3g')}, {_fmt(b['slope_ci'][1], '.3g')}], Pearson {_fmt(hd['pearson_r'], '.3f')} "
-              f"[{_fmt(b['pearson_r_ci'][0], '.2f')}, {_fmt(b['pearson_r_ci'][1], '.2f')}], Spearman {_fmt(hd['spearman_rho'], '.3f')} "
-              f"[{_fmt(b['spearman_rho_ci'][0], '.2f')}, {_fmt(b['spearman_rho_ci'][1], '.2f')}]")
+        print(
+            f"head deviation vs L_equiv ({hd['x']} vs {hd['y']}, n = {hd['n']} evaluations): slope {_fmt(hd['slope'], '.3g')} "
+            f"[{_fmt(b['slope_ci'][0], '.3g')}, {_fmt(b['slope_ci'][1], '.3g')}], Pearson {_fmt(hd['pearson_r'], '.3f')} "
+            f"[{_fmt(b['pearson_r_ci'][0], '.2f')}, {_fmt(b['pearson_r_ci'][1], '.2f')}], Spearman {_fmt(hd['spearman_rho'], '.3f')} "
+            f"[{_fmt(b['spearman_rho_ci'][0], '.2f')}, {_fmt(b['spearman_rho_ci'][1], '.2f')}]"
+        )
     tw = s.get("twirl")
     if tw and "skipped" not in tw:
         print(f"test-time twirl (L_mean = {_fmt(tw['l_mean'])}, L_equiv = {_fmt(tw['l_equiv'])}):")
         for r in tw["table"]:
-            print(f"  K={r['k']:3d}  MSE = {_fmt(r['mse'])} ± {_fmt(r['mse_se'], '.2g')}  predicted {_fmt(r['predicted'])}  "
-                  f"rel. dev {_fmt(r['rel_deviation'], '+.3f')}  cost ×{_fmt(r['relative_cost'], '.2f')}")
+            print(
+                f"  K={r['k']:3d}  MSE = {_fmt(r['mse'])} ± {_fmt(r['mse_se'], '.2g')}  predicted {_fmt(r['predicted'])}  "
+                f"rel. dev {_fmt(r['rel_deviation'], '+.3f')}  cost ×{_fmt(r['relative_cost'], '.2f')}"
+            )
     g = s.get("gradient_ratio")
     if g and "skipped" not in g:
-        print(f"gradient ratio vs pct ({g['metric']}; n = {g['n']} evaluations): Pearson {_fmt(g['pearson_r'], '.3f')}, "
-              f"Spearman {_fmt(g['spearman_rho'], '.3f')}")
+        print(
+            f"gradient ratio vs pct ({g['metric']}; n = {g['n']} evaluations): Pearson {_fmt(g['pearson_r'], '.3f')}, "
+            f"Spearman {_fmt(g['spearman_rho'], '.3f')}"
+        )
     for name in ("spectrum", "landscape", "head_deviation", "twirl", "gradient_ratio"):
         if name in s and "skipped" in s[name]:
             print(f"{name}: skipped — {s[name]['skipped']}")
@@ -418,19 +540,29 @@ def print_summary(s: dict) -> None:
 # Command line
 # ----------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="equivrepro-analyze", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="equivrepro-analyze",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--run-dir", type=Path, default=None, help="the run directory (or give Hydra overrides after '--')")
     p.add_argument("--task", default=None, help="a task's default run at --scale (seed 0 of its card's default sweep)")
     p.add_argument("--all-tasks", action="store_true", help="every task of `make reproduce` in turn (outputs in --figures-dir)")
-    p.add_argument("--train-missing", action="store_true", help="with --task / --all-tasks at smoke scale: train the default run first if needed")
+    p.add_argument(
+        "--train-missing", action="store_true", help="with --task / --all-tasks at smoke scale: train the default run first if needed"
+    )
     p.add_argument("--figures-dir", type=Path, default=None, help="with --task / --all-tasks: outputs go to <figures-dir>/analysis-<task>")
     p.add_argument("--runs-dir", type=Path, default=None, help="with overrides: the runs directory (sets paths.runs_dir)")
     p.add_argument("--step", type=int, default=None, help="analyse the snapshot of this step (default: the last checkpoint)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema")
     p.add_argument("--analyses", default="all", help=f"comma-separated subset of {','.join(ANALYSES)} (default: all)")
-    p.add_argument("--scale", choices=("smoke", "paper"), default=None,
-                   help="sets the default --out figures/<scale>/analysis-<task>/; smoke also applies the card's smoke_flags")
+    p.add_argument(
+        "--scale",
+        choices=("smoke", "paper"),
+        default=None,
+        help="sets the default --out figures/<scale>/analysis-<task>/; smoke also applies the card's smoke_flags",
+    )
     p.add_argument("--out", type=Path, default=None, help="output directory (default: see --scale, else the run's analysis/)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available) | cpu | cuda | cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="float64")
@@ -439,24 +571,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=None, help="held-out samples (default: the run's equivariance.num_samples)")
     g.add_argument("--k", type=int, default=None, help="rotations per sample (default: the run's equivariance.k)")
     g.add_argument("--seed", type=int, default=None, help="held-out selection / rotation seed (default: the run's equivariance.seed)")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="held-out samples per forward pass (default: the run's equivariance.batch_size)")
+    g.add_argument(
+        "--batch-size", type=int, default=None, help="held-out samples per forward pass (default: the run's equivariance.batch_size)"
+    )
     g.add_argument("--eval-suffix", default=None, help="evaluation batch to analyse, or 'all' (default: the card's suffix / the only one)")
     g = p.add_argument_group("spectra")
     g.add_argument("--params", default=None, help="parameter subset: all | module or parameter name | glob (default: the card's)")
-    g.add_argument("--forms", default="hessian,ggn",
-                   help="curvature forms: hessian (of --estimator), ggn (Gauss–Newton of the plug-in, PSD)")
-    g.add_argument("--estimator", choices=("plugin", "unbiased"), default="plugin",
-                   help="L_mean/L_equiv estimator of the Hessian and landscape")
+    g.add_argument(
+        "--forms", default="hessian,ggn", help="curvature forms: hessian (of --estimator), ggn (Gauss–Newton of the plug-in, PSD)"
+    )
+    g.add_argument(
+        "--estimator", choices=("plugin", "unbiased"), default="plugin", help="L_mean/L_equiv estimator of the Hessian and landscape"
+    )
     g.add_argument("--exact-max", type=int, default=512, help="exact matrices (one product per parameter) up to this many parameters")
-    g.add_argument("--lanczos-steps", type=int, default=40,
-                   help="Lanczos steps per SLQ probe (the first probe also gives κ and the top eigenvalues)")
+    g.add_argument(
+        "--lanczos-steps", type=int, default=40, help="Lanczos steps per SLQ probe (the first probe also gives κ and the top eigenvalues)"
+    )
     g.add_argument("--slq-probes", type=int, default=4, help="SLQ probe vectors")
     g.add_argument("--rtol", type=float, default=None, help="a Ritz value is resolved when its residual ≤ rtol·|θ| (default 1e-3)")
     g.add_argument("--top-k", type=int, default=10, help="top eigenvalues listed in the summary")
     g.add_argument("--hvp-chunk", type=int, default=32, help="products per batched backward (exact matrices)")
-    g.add_argument("--structure", choices=("cube", "declared"), default="cube",
-                   help="structural verdict: numeric under the exact cube twirl (falls back to declared), or by declaration only")
+    g.add_argument(
+        "--structure",
+        choices=("cube", "declared"),
+        default="cube",
+        help="structural verdict: numeric under the exact cube twirl (falls back to declared), or by declaration only",
+    )
     g.add_argument("--structure-samples", type=int, default=4, help="held-out samples of the cube-twirl check")
     g.add_argument("--structure-steps", type=int, default=40, help="Lanczos steps of the cube-twirl check (above --exact-max)")
     g.add_argument("--structure-rtol", type=float, default=1e-2, help="resolution of the cube-twirl Ritz values")
@@ -464,20 +604,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grid-n", type=int, default=20, help="frozen grid points per axis")
     g.add_argument("--grid-step", type=float, default=None, help="grid step (default: the card's grid_step)")
     g.add_argument("--points-per-call", type=int, default=50, help="frozen landscape points per vmapped evaluation (1: one at a time)")
-    g.add_argument("--redrawn-grid-n", type=int, default=7,
-                   help="redrawn grid points per axis over the same span (0: no redrawn landscape; one full forward pass per point)")
+    g.add_argument(
+        "--redrawn-grid-n",
+        type=int,
+        default=7,
+        help="redrawn grid points per axis over the same span (0: no redrawn landscape; one full forward pass per point)",
+    )
     g.add_argument("--centre-draws", type=int, default=8, help="redrawn evaluations at the checkpoint (the evaluation noise)")
     g = p.add_argument_group("head deviation, twirling, gradient ratio")
-    g.add_argument("--head-metric", default=HEAD_METRIC,
-                   help="x-axis: the logged head/<metric> (deviation, relative_deviation, row_variance, …)")
+    g.add_argument(
+        "--head-metric", default=HEAD_METRIC, help="x-axis: the logged head/<metric> (deviation, relative_deviation, row_variance, …)"
+    )
     g.add_argument("--bootstrap", type=int, default=2000, help="block-bootstrap resamples of the correlation intervals")
     g.add_argument("--twirl-ks", default="1,2,4,8,16")
-    g.add_argument("--spectrum-l-max", type=int, default=8,
-                   help="degree-spectrum analysis: largest degree (use a larger --k, e.g. 50, to resolve the high degrees)")
+    g.add_argument(
+        "--spectrum-l-max",
+        type=int,
+        default=8,
+        help="degree-spectrum analysis: largest degree (use a larger --k, e.g. 50, to resolve the high degrees)",
+    )
     g.add_argument("--twirl-draws", type=int, default=3, help="independent rotation draws per K")
     g.add_argument("--reference-k", type=int, default=32, help="rotations of the decomposition that predicts MSE(K)")
-    g.add_argument("--ema-span", type=float, default=0.01,
-                   help="EMA span / step of the gradient-ratio trajectory (paper: 0.01 EScAIP, 0.001 Proteina)")
+    g.add_argument(
+        "--ema-span", type=float, default=0.01, help="EMA span / step of the gradient-ratio trajectory (paper: 0.01 EScAIP, 0.001 Proteina)"
+    )
     p.add_argument("overrides", nargs="*", help="Hydra overrides naming the run, after '--'")
     return p
 
@@ -556,8 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _task_runs(first, argv)
     rd = resolve_run_dir(first.run_dir, first.overrides, first.runs_dir)
     if not rd.exists():
-        raise SystemExit(f"run directory {rd.path} does not exist: train the run first "
-                         f"(python -m equivrepro.train {' '.join(first.overrides)})")
+        raise SystemExit(
+            f"run directory {rd.path} does not exist: train the run first (python -m equivrepro.train {' '.join(first.overrides)})"
+        )
     defaults = analysis_defaults(_task_name(rd))
     if first.scale == "smoke" and defaults["smoke_flags"]:
         argv = [str(a) for a in defaults["smoke_flags"]] + argv
@@ -596,13 +747,31 @@ def analyse(args: argparse.Namespace, rd) -> int:
     held, suffix, batches, rotations, held_info = held_out_for(run, args, device, dtype, args.preferred_suffix)
     term = run.task.primary_term.name
     seconds["load"] = time.perf_counter() - t
-    log.info("run %s, step %d (%s), task %s: %d held-out samples × K=%d, suffix %r, parameters %r",
-             rd.path, run.step, ckpt.name, task_name, held.num_samples, held.k, suffix, args.params)
+    log.info(
+        "run %s, step %d (%s), task %s: %d held-out samples × K=%d, suffix %r, parameters %r",
+        rd.path,
+        run.step,
+        ckpt.name,
+        task_name,
+        held.num_samples,
+        held.k,
+        suffix,
+        args.params,
+    )
 
     summary: dict[str, Any] = {
-        "run_dir": str(rd.path), "run_id": rd.read_status().get("run_id") or rd.name.rsplit("-", 1)[-1],
-        "task": task_name, "step": run.step, "checkpoint": str(ckpt.relative_to(rd.path)), "weights": args.weights,
-        "device": str(device), "dtype": args.dtype, "term": term, "params": args.params, "out": str(out), "held_out": held_info,
+        "run_dir": str(rd.path),
+        "run_id": rd.read_status().get("run_id") or rd.name.rsplit("-", 1)[-1],
+        "task": task_name,
+        "step": run.step,
+        "checkpoint": str(ckpt.relative_to(rd.path)),
+        "weights": args.weights,
+        "device": str(device),
+        "dtype": args.dtype,
+        "term": term,
+        "params": args.params,
+        "out": str(out),
+        "held_out": held_info,
     }
     if rd.metrics_path.exists() and suffix != "all" and held_info["matches_training_eval"]:
         frame = rd.metrics_frame()
@@ -618,8 +787,15 @@ def analyse(args: argparse.Namespace, rd) -> int:
     spectra: dict = {}
     if "spectrum" in args.selected or "landscape" in args.selected:
         try:
-            losses = SubsetLosses(run.model, run.task, batches, rotations, args.params, estimator=args.estimator,
-                                  chunk_size=run.config.equivariance.chunk_size)
+            losses = SubsetLosses(
+                run.model,
+                run.task,
+                batches,
+                rotations,
+                args.params,
+                estimator=args.estimator,
+                chunk_size=run.config.equivariance.chunk_size,
+            )
         except KeyError as exc:
             raise SystemExit(f"--params: {exc.args[0]}") from exc
         with torch.no_grad():
@@ -657,11 +833,26 @@ def analyse(args: argparse.Namespace, rd) -> int:
         seconds["gradient_ratio"] = time.perf_counter() - t
 
     if "degree-spectrum" in args.selected:
+        from dataclasses import replace
+
         from equivrepro.analysis.degree_spectrum import degree_spectrum_analysis
+        from equivrepro.analysis.subset import cast_batch
 
         t = time.perf_counter()
-        ds = degree_spectrum_analysis(run, held, l_max=args.spectrum_l_max, suffixes=None if suffix == "all" else [suffix],
-                                      out=out / "degree_spectrum", chunk_size=run.config.equivariance.chunk_size, seed=args.seed_analysis)
+        held_cast = replace(  # the held-out set in the analysis dtype, like the other analyses' batches
+            held,
+            chunks={s: [cast_batch(b, dtype) for b in bs] for s, bs in held.chunks.items()},
+            rotations=[r.to(dtype) for r in held.rotations],
+        )
+        ds = degree_spectrum_analysis(
+            run,
+            held_cast,
+            l_max=args.spectrum_l_max,
+            suffixes=None if suffix == "all" else [suffix],
+            out=out / "degree_spectrum",
+            chunk_size=run.config.equivariance.chunk_size,
+            seed=args.seed_analysis,
+        )
         summary["degree_spectrum"] = {k: v for k, v in ds.items() if k != "metrics"}
         seconds["degree_spectrum"] = time.perf_counter() - t
 

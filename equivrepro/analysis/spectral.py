@@ -33,8 +33,13 @@ import torch
 from equivrepro.analysis.hessian import LanczosResult, lanczos
 
 __all__ = [
-    "SpectralDensity", "stochastic_lanczos_quadrature", "effective_ranks", "resolved_condition", "spectrum_distance",
-    "DEFAULT_RTOL", "EPS_FLOOR",
+    "SpectralDensity",
+    "stochastic_lanczos_quadrature",
+    "effective_ranks",
+    "resolved_condition",
+    "spectrum_distance",
+    "DEFAULT_RTOL",
+    "EPS_FLOOR",
 ]
 
 #: A Ritz value is resolved when its residual bound is at most this fraction of its own magnitude.
@@ -103,8 +108,11 @@ class SpectralDensity:
             return {"density": kde(nodes, w)}
         thr = floor * self.scale
         pos, neg = nodes > thr, nodes < -thr
-        return {"positive": kde(np.log10(nodes[pos]), w[pos]), "negative": kde(np.log10(-nodes[neg]), w[neg]),
-                "zero": float(w[~(pos | neg)].sum())}
+        return {
+            "positive": kde(np.log10(nodes[pos]), w[pos]),
+            "negative": kde(np.log10(-nodes[neg]), w[neg]),
+            "zero": float(w[~(pos | neg)].sum()),
+        }
 
     def summary(self, floor: float = EPS_FLOOR) -> dict:
         r = self.ranks(floor)
@@ -160,8 +168,9 @@ def stochastic_lanczos_quadrature(
     return SpectralDensity(np.stack(nodes), np.stack(weights), int(n), "slq"), runs
 
 
-def resolved_condition(values: torch.Tensor | np.ndarray, residuals: torch.Tensor | np.ndarray | None, *, n: int | None = None,
-                       rtol: float = DEFAULT_RTOL) -> dict:
+def resolved_condition(
+    values: torch.Tensor | np.ndarray, residuals: torch.Tensor | np.ndarray | None, *, n: int | None = None, rtol: float = DEFAULT_RTOL
+) -> dict:
     """κ over resolved eigenvalues (module docstring). ``residuals`` None: exact eigenvalues of an ``n × n``
     matrix, with the round-off bound ε·n·max|λ|. Returns counts, λ_max, λ⁺_min, κ and the resolved mask."""
     vals = np.asarray(torch.as_tensor(values).detach().cpu().double())
@@ -175,15 +184,27 @@ def resolved_condition(values: torch.Tensor | np.ndarray, residuals: torch.Tenso
     lam_max = float(vals[pos].max()) if pos.any() else float("nan")
     lam_min = float(vals[pos].min()) if pos.any() else float("nan")
     return {
-        "n_values": int(vals.size), "n_resolved": int(ok.sum()), "n_resolved_positive": int(pos.sum()),
-        "n_resolved_negative": int(neg.sum()), "lambda_max": lam_max, "lambda_min_pos": lam_min,
+        "n_values": int(vals.size),
+        "n_resolved": int(ok.sum()),
+        "n_resolved_positive": int(pos.sum()),
+        "n_resolved_negative": int(neg.sum()),
+        "lambda_max": lam_max,
+        "lambda_min_pos": lam_min,
         "lambda_min": float(vals[ok].min()) if ok.any() else float("nan"),
-        "kappa": lam_max / lam_min if pos.any() else float("nan"), "rtol": rtol, "resolved": ok,
+        "kappa": lam_max / lam_min if pos.any() else float("nan"),
+        "rtol": rtol,
+        "resolved": ok,
     }
 
 
-def spectrum_distance(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, floor: float = 1e-8,
-                      a_ref: Sequence[float] | np.ndarray | None = None, b_ref: Sequence[float] | np.ndarray | None = None) -> dict:
+def spectrum_distance(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    *,
+    floor: float = 1e-8,
+    a_ref: Sequence[float] | np.ndarray | None = None,
+    b_ref: Sequence[float] | np.ndarray | None = None,
+) -> dict:
     """How far apart two spectra are as *sets* of normalised positive eigenvalues.
 
     Each list is normalised by its own maximum and restricted to values above ``floor``. Over the range both lists

@@ -82,9 +82,20 @@ def _first_samples(batches: Sequence[Batch], n: int) -> list[Batch]:
     return out
 
 
-def cube_spectra(model: nn.Module, task: Task, batches: Sequence[Batch], subset, *, term: LossTerm | str | None = None,
-                 samples: int = 4, chunk_size: int | None = None, exact_max: int = 512, steps: int = 30,
-                 generator: torch.Generator | None = None, rtol: float = DEFAULT_RTOL) -> dict:
+def cube_spectra(
+    model: nn.Module,
+    task: Task,
+    batches: Sequence[Batch],
+    subset,
+    *,
+    term: LossTerm | str | None = None,
+    samples: int = 4,
+    chunk_size: int | None = None,
+    exact_max: int = 512,
+    steps: int = 30,
+    generator: torch.Generator | None = None,
+    rtol: float = DEFAULT_RTOL,
+) -> dict:
     """Eigenvalues of ∇² of the plug-in L_mean and L_equiv under the exact cube twirl on the first ``samples`` samples:
     ``{'method', 'mean', 'equiv', 'mean_ritz', 'equiv_ritz'}`` (all eigenvalues when exact; otherwise the resolved
     Ritz values and all Ritz values)."""
@@ -105,19 +116,44 @@ def cube_spectra(model: nn.Module, task: Task, batches: Sequence[Batch], subset,
     return out
 
 
-def structure_verdict(model: nn.Module, task: Task, batches: Sequence[Batch], subset, *, linear_head: str | None = None,
-                      term: LossTerm | str | None = None, samples: int = 4, chunk_size: int | None = None, exact_max: int = 512,
-                      steps: int = 30, generator: torch.Generator | None = None, numeric: bool = True,
-                      tol_equal: float | None = None, tol_differ: float = 1e-2, rtol: float = DEFAULT_RTOL,
-                      min_compared: int = 3) -> StructureVerdict:
+def structure_verdict(
+    model: nn.Module,
+    task: Task,
+    batches: Sequence[Batch],
+    subset,
+    *,
+    linear_head: str | None = None,
+    term: LossTerm | str | None = None,
+    samples: int = 4,
+    chunk_size: int | None = None,
+    exact_max: int = 512,
+    steps: int = 30,
+    generator: torch.Generator | None = None,
+    numeric: bool = True,
+    tol_equal: float | None = None,
+    tol_differ: float = 1e-2,
+    rtol: float = DEFAULT_RTOL,
+    min_compared: int = 3,
+) -> StructureVerdict:
     """The verdict of the module docstring. ``tol_equal`` default: 1e-6 (exact) or 2·log10(1 + rtol) (Lanczos);
     ``structurally equal`` needs at least ``min_compared`` eigenvalues below the top of each spectrum to agree."""
     names = select_parameters(model, subset)
     declared = is_declared_head(model, names, linear_head)
     if numeric:
         try:
-            spec = cube_spectra(model, task, batches, subset, term=term, samples=samples, chunk_size=chunk_size, exact_max=exact_max,
-                                steps=steps, generator=generator, rtol=rtol)
+            spec = cube_spectra(
+                model,
+                task,
+                batches,
+                subset,
+                term=term,
+                samples=samples,
+                chunk_size=chunk_size,
+                exact_max=exact_max,
+                steps=steps,
+                generator=generator,
+                rtol=rtol,
+            )
         except (RuntimeError, ValueError, NotImplementedError) as exc:
             numeric_error = f"{type(exc).__name__}: {exc}"
         else:
@@ -131,11 +167,21 @@ def structure_verdict(model: nn.Module, task: Task, batches: Sequence[Batch], su
             if d > tol_differ and max(counts.values()) >= 1:
                 verdict, why = NOT_TIED, f"under the exact cube twirl the normalised spectra differ by {d:.3g} decades (> {tol_differ:g})"
             elif few < min_compared:
-                verdict, why = UNDETERMINED, (f"too few resolved cube-twirl eigenvalues below the top to compare ({counts}; need "
-                                              f"{min_compared}): raise the Lanczos steps")
+                verdict, why = (
+                    UNDETERMINED,
+                    (
+                        f"too few resolved cube-twirl eigenvalues below the top to compare ({counts}; need "
+                        f"{min_compared}): raise the Lanczos steps"
+                    ),
+                )
             elif d <= tol:
-                verdict, why = EQUAL, (f"under the exact cube twirl the normalised spectra of ∇²L_mean and ∇²L_equiv coincide as sets "
-                                       f"(distance {d:.2g} decades ≤ {tol:.2g}): the comparison is forced by the architecture")
+                verdict, why = (
+                    EQUAL,
+                    (
+                        f"under the exact cube twirl the normalised spectra of ∇²L_mean and ∇²L_equiv coincide as sets "
+                        f"(distance {d:.2g} decades ≤ {tol:.2g}): the comparison is forced by the architecture"
+                    ),
+                )
             else:
                 verdict = UNDETERMINED
                 why = f"normalised cube-twirl spectra differ by {d:.2g} decades, between {tol:.2g} and {tol_differ:g}"
@@ -145,6 +191,11 @@ def structure_verdict(model: nn.Module, task: Task, batches: Sequence[Batch], su
     else:
         numeric_error = "numeric check off"
     if declared:
-        return StructureVerdict(EQUAL, f"the subset is the run's declared linear head {linear_head!r} on invariant features "
-                                       f"(equivariance.linear_head; {numeric_error})", True, "declared")
+        return StructureVerdict(
+            EQUAL,
+            f"the subset is the run's declared linear head {linear_head!r} on invariant features "
+            f"(equivariance.linear_head; {numeric_error})",
+            True,
+            "declared",
+        )
     return StructureVerdict(UNDETERMINED, f"no numeric check ({numeric_error}) and the subset is not a declared linear head", False, None)

@@ -135,8 +135,14 @@ class _Decomposition(nn.Module):
 
     def forward(self, batch: Batch, rotations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         dec = twirl_decomposition(
-            self.model, self.task, batch, rotations, chunk_size=self.chunk_size, exact_group=self.exact_group,
-            terms=(self.term,), grad=True,
+            self.model,
+            self.task,
+            batch,
+            rotations,
+            chunk_size=self.chunk_size,
+            exact_group=self.exact_group,
+            terms=(self.term,),
+            grad=True,
         )[self.term.name]
         if self.plugin:
             return dec.mean_plugin, dec.equiv_plugin, dec.total
@@ -286,8 +292,9 @@ class SubsetLosses:
             "parameters": list(self.names),
             "n_params": self.n_params,
             "term": self.term.name,
-            "estimator": "exact-group" if self.exact_group else (
-                "plug-in" if self.estimator == "plugin" else ("u-statistic" if self.term.quadratic else "jackknife")),
+            "estimator": "exact-group"
+            if self.exact_group
+            else ("plug-in" if self.estimator == "plugin" else ("u-statistic" if self.term.quadratic else "jackknife")),
             "n_batches": len(self.batches),
             "n_samples": self.n_samples,
             "k_rotations": [int(r.shape[-3]) for r in self.rotations],

@@ -128,19 +128,36 @@ def twirl_mse_table(
             diff_i = per_sample - predicted_i
             se = lambda x: float(x.std(unbiased=True) / n**0.5) if n > 1 else float("nan")  # noqa: E731
             mse, pred, diff = float(per_sample.mean()), float(predicted_i.mean()), float(diff_i.mean())
-            rows.append({
-                "k": k, "n_draws": n_draws, "n_samples": n, "mse": mse, "mse_se": se(per_sample), "predicted": pred,
-                "diff": diff, "diff_se": se(diff_i), "rel_deviation": diff / pred if pred != 0 else float("nan"),
-                "within_ci": bool(abs(diff) <= z * se(diff_i)) if n > 1 else False,
-                "time_per_sample_s": seconds / (n_draws * n),
-            })
+            rows.append(
+                {
+                    "k": k,
+                    "n_draws": n_draws,
+                    "n_samples": n,
+                    "mse": mse,
+                    "mse_se": se(per_sample),
+                    "predicted": pred,
+                    "diff": diff,
+                    "diff_se": se(diff_i),
+                    "rel_deviation": diff / pred if pred != 0 else float("nan"),
+                    "within_ci": bool(abs(diff) <= z * se(diff_i)) if n > 1 else False,
+                    "time_per_sample_s": seconds / (n_draws * n),
+                }
+            )
     df = pd.DataFrame(rows)
     df["relative_cost"] = df["time_per_sample_s"] / df["time_per_sample_s"].iloc[0]
     s = ref.summary()
-    df.attrs.update({
-        "l_mean": s["mean"], "l_equiv": s["equiv"], "l_total": s["total"], "pct": s["pct"], "reference_k": ref.k,
-        "term": term.name, "quadratic": term.quadratic, "z": z,
-    })
+    df.attrs.update(
+        {
+            "l_mean": s["mean"],
+            "l_equiv": s["equiv"],
+            "l_total": s["total"],
+            "pct": s["pct"],
+            "reference_k": ref.k,
+            "term": term.name,
+            "quadratic": term.quadratic,
+            "z": z,
+        }
+    )
     return df
 
 

@@ -12,6 +12,7 @@ from equivrepro.metrics.decomposition import (
     untwisted_predictions,
 )
 from equivrepro.metrics.gradients import gradient_norms
+from equivrepro.metrics.metric import EquivarianceMetric  # noqa: E402  (after the modules it builds on)
 from equivrepro.metrics.spectral import (
     AngleCurve,
     DegreeSpectrum,
@@ -25,7 +26,6 @@ from equivrepro.metrics.spectral import (
     removed_degrees,
 )
 from equivrepro.metrics.twirl import TwirledPredictor
-from equivrepro.metrics.metric import EquivarianceMetric  # noqa: E402  (after the modules it builds on)
 
 __all__ = [
     "EquivarianceMetric",

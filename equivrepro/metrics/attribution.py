@@ -31,16 +31,80 @@ from equivrepro.metrics import keys
 from equivrepro.metrics.quadratic import quadratic_weights
 from equivrepro.task import Batch, LossTerm, Prediction
 
-__all__ = ["Descriptor", "Attribution", "BinnedEquiv", "binned_equiv", "attribute", "sum_last_axis", "ELEMENT_SYMBOLS",
-           "element_descriptor", "centroid_distances", "OTHER"]
+__all__ = [
+    "Descriptor",
+    "Attribution",
+    "BinnedEquiv",
+    "binned_equiv",
+    "attribute",
+    "sum_last_axis",
+    "ELEMENT_SYMBOLS",
+    "element_descriptor",
+    "centroid_distances",
+    "OTHER",
+]
 
 #: Label of the bin that collects categorical codes missing from a descriptor's categories.
 OTHER = "other"
 
 #: Element symbols by atomic number (index 0 unused), through xenon.
-ELEMENT_SYMBOLS = ("", "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar", "K", "Ca",
-                   "Sc", "Ti", "V", "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y", "Zr",
-                   "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I", "Xe")
+ELEMENT_SYMBOLS = (
+    "",
+    "H",
+    "He",
+    "Li",
+    "Be",
+    "B",
+    "C",
+    "N",
+    "O",
+    "F",
+    "Ne",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "P",
+    "S",
+    "Cl",
+    "Ar",
+    "K",
+    "Ca",
+    "Sc",
+    "Ti",
+    "V",
+    "Cr",
+    "Mn",
+    "Fe",
+    "Co",
+    "Ni",
+    "Cu",
+    "Zn",
+    "Ga",
+    "Ge",
+    "As",
+    "Se",
+    "Br",
+    "Kr",
+    "Rb",
+    "Sr",
+    "Y",
+    "Zr",
+    "Nb",
+    "Mo",
+    "Tc",
+    "Ru",
+    "Rh",
+    "Pd",
+    "Ag",
+    "Cd",
+    "In",
+    "Sn",
+    "Sb",
+    "Te",
+    "I",
+    "Xe",
+)
 
 
 def _edge_text(x: float) -> str:
@@ -216,8 +280,9 @@ class BinnedEquiv:
         return out
 
 
-def attribute(element_maps: Mapping[str, torch.Tensor], attributions: Mapping[str, Attribution], term: str,
-              weighted: Sequence[str] | None = None) -> BinnedEquiv | None:
+def attribute(
+    element_maps: Mapping[str, torch.Tensor], attributions: Mapping[str, Attribution], term: str, weighted: Sequence[str] | None = None
+) -> BinnedEquiv | None:
     """Bin the per-element maps ``element_maps[key] (B, ...)`` (:func:`~equivrepro.metrics.spectral.equiv_map`) of one term.
 
     ``weighted``: the prediction keys the term weighs (default: every key of ``element_maps``). Returns None when
@@ -247,8 +312,9 @@ def attribute(element_maps: Mapping[str, torch.Tensor], attributions: Mapping[st
         s_parts, c_parts = [], []
         for d in att.descriptors:
             if d.values.shape != per_entity.shape:
-                raise ValueError(f"descriptor {d.name!r} of {name!r} is {tuple(d.values.shape)}; "
-                                 f"the entities are {tuple(per_entity.shape)}")
+                raise ValueError(
+                    f"descriptor {d.name!r} of {name!r} is {tuple(d.values.shape)}; the entities are {tuple(per_entity.shape)}"
+                )
             idx = d.bin_index().to(per_entity.device)
             nb = len(d.bin_labels)
             s_parts.append(torch.zeros(b, nb, dtype=torch.float64, device=vals.device).scatter_add_(1, idx, vals))
@@ -256,13 +322,21 @@ def attribute(element_maps: Mapping[str, torch.Tensor], attributions: Mapping[st
         s, c = torch.cat(s_parts, 1), torch.cat(c_parts, 1)
         sums, counts = (s, c) if sums is None else (sums + s, counts + c)
         equiv = total if equiv is None else equiv + total
-    info = {d.name: {"kind": "categorical" if d.categorical else "continuous", "centres": d.bin_centres, "label": d.label or d.name}
-            for d in first.descriptors}
+    info = {
+        d.name: {"kind": "categorical" if d.categorical else "continuous", "centres": d.bin_centres, "label": d.label or d.name}
+        for d in first.descriptors
+    }
     return BinnedEquiv(term, first.entity, bins, sums.cpu(), counts.cpu(), equiv.cpu(), info)
 
 
-def binned_equiv(z: Mapping[str, torch.Tensor], term: LossTerm, target: Prediction, batch: Batch,
-                 attributions: Mapping[str, Attribution], exact_group: bool = False) -> BinnedEquiv | None:
+def binned_equiv(
+    z: Mapping[str, torch.Tensor],
+    term: LossTerm,
+    target: Prediction,
+    batch: Batch,
+    attributions: Mapping[str, Attribution],
+    exact_group: bool = False,
+) -> BinnedEquiv | None:
     """:func:`attribute` of the :func:`~equivrepro.metrics.spectral.equiv_map` of quadratic ``term`` from untwisted
     predictions ``z[key] (B, K, ...)``; None for a non-quadratic term or one weighing a key without an attribution."""
     from equivrepro.metrics.spectral import equiv_map

@@ -24,7 +24,8 @@ deterministic and, up to float round-off, independent of how the data are split 
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -47,7 +48,7 @@ class EquivariantBaseline(Protocol):
 
     name: str
 
-    def fit(self, task: Task, batches: Sequence[Batch], term: LossTerm | Sequence[LossTerm] | None = None) -> "EquivariantBaseline": ...
+    def fit(self, task: Task, batches: Sequence[Batch], term: LossTerm | Sequence[LossTerm] | None = None) -> EquivariantBaseline: ...
 
     def __call__(self, batch: Batch) -> Prediction: ...
 
@@ -123,8 +124,9 @@ class LinearBaseline:
         vocabulary of a force field). Default: nothing."""
 
     # --- fitting ------------------------------------------------------------------------------------
-    def normal_equations(self, batch: Batch, target: Prediction,
-                         weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def normal_equations(
+        self, batch: Batch, target: Prediction, weights: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(A (P, P), r (P,), s ())`` of one batch in float64: ``A = Σ w Φ Φᵀ``, ``r = Σ w Φ y``, ``s = Σ w y²``.
 
         Only the columns of Φ that are non-zero in this batch enter the products (block-sparse features, e.g. one
@@ -137,8 +139,9 @@ class LinearBaseline:
                 raise KeyError(f"baseline {self.name!r}: feature key {key!r} is not a target of the fitted terms ({sorted(weights)})")
             y, w = target[key].detach().to(torch.float64), weights[key]
             if phi.shape[:-1] != y.shape:
-                raise ValueError(f"baseline {self.name!r}: features[{key!r}] has shape {tuple(phi.shape)}, expected target shape "
-                                 f"{tuple(y.shape)} + (P,)")
+                raise ValueError(
+                    f"baseline {self.name!r}: features[{key!r}] has shape {tuple(phi.shape)}, expected target shape {tuple(y.shape)} + (P,)"
+                )
             p = phi.shape[-1]
             if a is None:
                 a = torch.zeros(p, p, dtype=torch.float64, device=phi.device)
@@ -161,7 +164,7 @@ class LinearBaseline:
         return a, r, (torch.zeros((), dtype=torch.float64) if s is None else s)
 
     @torch.no_grad()
-    def fit(self, task: Task, batches: Sequence[Batch], term: LossTerm | Sequence[LossTerm] | None = None) -> "LinearBaseline":
+    def fit(self, task: Task, batches: Sequence[Batch], term: LossTerm | Sequence[LossTerm] | None = None) -> LinearBaseline:
         """Weighted least squares on ``batches`` (training data, randomness frozen) with the weights of ``term``
         (a term, several, or None: every quadratic term of the task). Returns ``self``."""
         if len(batches) == 0:
@@ -244,8 +247,13 @@ class LinearBaseline:
         """Inverse of :meth:`extra_state`."""
 
     def state_dict(self) -> dict:
-        return {"name": self.name, "theta": self._theta().clone(), "ridge": self.ridge, "target_keys": list(self.target_keys),
-                **self.extra_state()}
+        return {
+            "name": self.name,
+            "theta": self._theta().clone(),
+            "ridge": self.ridge,
+            "target_keys": list(self.target_keys),
+            **self.extra_state(),
+        }
 
     def load_state_dict(self, state: Mapping) -> None:
         if state.get("name") != self.name:

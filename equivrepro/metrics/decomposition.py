@@ -22,9 +22,9 @@ estimator) are summarised by quantiles because the distribution is heavy-tailed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -33,8 +33,15 @@ from equivrepro.task import Batch, LossTerm, Prediction, Task, batch_size, repea
 
 Predictor = Callable[[Batch], Prediction]
 
-__all__ = ["TermDecomposition", "untwisted_predictions", "decompose_term", "twirl_decomposition", "as_predictor", "per_sample_rotations",
-           "ratio_bootstrap_interval"]
+__all__ = [
+    "TermDecomposition",
+    "untwisted_predictions",
+    "decompose_term",
+    "twirl_decomposition",
+    "as_predictor",
+    "per_sample_rotations",
+    "ratio_bootstrap_interval",
+]
 
 
 def as_predictor(model_or_predict: nn.Module | Predictor, task: Task) -> Predictor:
@@ -111,14 +118,20 @@ class TermDecomposition:
     extras: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def concat(cls, parts: list["TermDecomposition"]) -> "TermDecomposition":
+    def concat(cls, parts: list[TermDecomposition]) -> TermDecomposition:
         """Pool per-sample estimates of the same term computed on several chunks of a held-out set."""
         first = parts[0]
         cat = lambda attr: torch.cat([getattr(p, attr) for p in parts])  # noqa: E731
         return cls(
-            name=first.name, k=first.k, quadratic=first.quadratic, exact_group=first.exact_group,
-            total=cat("total"), mean_plugin=cat("mean_plugin"), equiv_plugin=cat("equiv_plugin"),
-            mean_unbiased=cat("mean_unbiased"), equiv_unbiased=cat("equiv_unbiased"),
+            name=first.name,
+            k=first.k,
+            quadratic=first.quadratic,
+            exact_group=first.exact_group,
+            total=cat("total"),
+            mean_plugin=cat("mean_plugin"),
+            equiv_plugin=cat("equiv_plugin"),
+            mean_unbiased=cat("mean_unbiased"),
+            equiv_unbiased=cat("equiv_unbiased"),
         )
 
     @property
@@ -178,8 +191,9 @@ class TermDecomposition:
         return out
 
 
-def ratio_bootstrap_interval(num: torch.Tensor, den: torch.Tensor, resamples: int = 1000, generator: torch.Generator | None = None,
-                             level: float = 0.95) -> tuple[float, float]:
+def ratio_bootstrap_interval(
+    num: torch.Tensor, den: torch.Tensor, resamples: int = 1000, generator: torch.Generator | None = None, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of Σ num / Σ den over samples (resampling samples with replacement)."""
     num, den = num.detach().double().cpu(), den.detach().double().cpu()
     n = num.numel()

@@ -10,8 +10,8 @@ predictions, so a metric can reuse the forward pass instead of running its own (
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -85,5 +85,9 @@ def gradient_norms(
     finally:
         model.train(was_training)
     ne, nm = _norm(g_equiv or []), _norm(g_mean or [])
-    return {"equiv_grad_norm": ne, "mean_grad_norm": nm, "grad_norm_ratio": ne / nm if nm > 0 else float("nan"),
-            "pct": equiv / total if total > 0 else float("nan")}
+    return {
+        "equiv_grad_norm": ne,
+        "mean_grad_norm": nm,
+        "grad_norm_ratio": ne / nm if nm > 0 else float("nan"),
+        "pct": equiv / total if total > 0 else float("nan"),
+    }

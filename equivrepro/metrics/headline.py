@@ -26,15 +26,33 @@ last value (as the results file does); the tracker's updates come in non-decreas
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from equivrepro.metrics.keys import EQUIV, HEADLINE_QUANTITY, MetricKey
 
 __all__ = [
-    "Headline", "HeadlineTracker", "headlines", "summary", "summary_key", "HEADLINE", "THRESHOLD",
-    "REL_BASELINE", "REL_NULL", "summary_quantities", "below_quantity", "PCT_FIRST", "PCT_FIRST_STEP", "PCT_MIN",
-    "PCT_MIN_STEP", "PCT_FINAL", "PCT_FINAL_STEP", "BASELINE_REFERENCE", "LEFT_BASELINE_STEP", "REL_BASELINE_FINAL",
+    "Headline",
+    "HeadlineTracker",
+    "headlines",
+    "summary",
+    "summary_key",
+    "HEADLINE",
+    "THRESHOLD",
+    "REL_BASELINE",
+    "REL_NULL",
+    "summary_quantities",
+    "below_quantity",
+    "PCT_FIRST",
+    "PCT_FIRST_STEP",
+    "PCT_MIN",
+    "PCT_MIN_STEP",
+    "PCT_FINAL",
+    "PCT_FINAL_STEP",
+    "BASELINE_REFERENCE",
+    "LEFT_BASELINE_STEP",
+    "REL_BASELINE_FINAL",
     "REL_NULL_FINAL",
 ]
 
@@ -52,7 +70,7 @@ _REFERENCES = (REL_BASELINE, REL_NULL)
 class Headline:
     """Headline numbers of one pct series; pct values are fractions, steps are training steps."""
 
-    key: MetricKey                 # the pct key, e.g. equiv/t=0.4/velocity/pct
+    key: MetricKey  # the pct key, e.g. equiv/t=0.4/velocity/pct
     first_step: int
     first_pct: float
     min_step: int
@@ -60,10 +78,10 @@ class Headline:
     final_step: int
     final_pct: float
     threshold: float
-    reference: str | None          # REL_BASELINE, REL_NULL or None: which ratio decided ``left_step``
-    left_step: int | None          # first evaluation with that ratio < 1
-    below_step: int | None         # first step ≥ left_step with pct ≤ threshold
-    total_rel_baseline: float | None = None   # last logged value
+    reference: str | None  # REL_BASELINE, REL_NULL or None: which ratio decided ``left_step``
+    left_step: int | None  # first evaluation with that ratio < 1
+    below_step: int | None  # first step ≥ left_step with pct ≤ threshold
+    total_rel_baseline: float | None = None  # last logged value
     total_rel_null: float | None = None
 
     @property
@@ -126,9 +144,17 @@ def headlines(rows: Iterable[tuple[int, str, float]], threshold: float = THRESHO
         below = next((s for s, v in pct if v <= threshold and s >= left), None) if left is not None else None
         lo_step, lo = min(pct, key=lambda sv: (sv[1], sv[0]))
         out[metric] = Headline(
-            key=k, first_step=pct[0][0], first_pct=pct[0][1], min_step=lo_step, min_pct=lo,
-            final_step=pct[-1][0], final_pct=pct[-1][1], threshold=float(threshold), reference=reference,
-            left_step=left, below_step=below,
+            key=k,
+            first_step=pct[0][0],
+            first_pct=pct[0][1],
+            min_step=lo_step,
+            min_pct=lo,
+            final_step=pct[-1][0],
+            final_pct=pct[-1][1],
+            threshold=float(threshold),
+            reference=reference,
+            left_step=left,
+            below_step=below,
             total_rel_baseline=ratios[REL_BASELINE][-1][1] if ratios[REL_BASELINE] else None,
             total_rel_null=ratios[REL_NULL][-1][1] if ratios[REL_NULL] else None,
         )
@@ -200,8 +226,9 @@ class HeadlineTracker:
         """Take one logged dict at ``step``; returns the headlines so far."""
         step = int(step)
         if self._step is not None and step < self._step:
-            raise ValueError(f"HeadlineTracker.update: step {step} is before the previous step {self._step}; "
-                             f"updates must come in training-step order")
+            raise ValueError(
+                f"HeadlineTracker.update: step {step} is before the previous step {self._step}; updates must come in training-step order"
+            )
         if self._step is not None and step > self._step:
             self._commit()
         self._step = step
@@ -252,11 +279,19 @@ class HeadlineTracker:
                 continue
             reference = next((q for q in _REFERENCES if s.ratios[q].last is not None), None)
             out[metric] = Headline(
-                key=s.key, first_step=s.first[0], first_pct=s.first[1], min_step=s.low[0], min_pct=s.low[1],
-                final_step=s.last[0], final_pct=s.last[1], threshold=self.threshold, reference=reference,
+                key=s.key,
+                first_step=s.first[0],
+                first_pct=s.first[1],
+                min_step=s.low[0],
+                min_pct=s.low[1],
+                final_step=s.last[0],
+                final_pct=s.last[1],
+                threshold=self.threshold,
+                reference=reference,
                 left_step=s.ratios[reference].left_step if reference else None,
                 below_step=s.below[reference] if reference else None,
-                total_rel_baseline=s.ratios[REL_BASELINE].last, total_rel_null=s.ratios[REL_NULL].last,
+                total_rel_baseline=s.ratios[REL_BASELINE].last,
+                total_rel_null=s.ratios[REL_NULL].last,
             )
         return out
 
@@ -287,8 +322,19 @@ def below_quantity(threshold: float = THRESHOLD) -> str:
 
 def summary_quantities(threshold: float = THRESHOLD) -> tuple[str, ...]:
     """The quantities :func:`summary` writes per series, in order."""
-    return (PCT_FIRST, PCT_FIRST_STEP, PCT_MIN, PCT_MIN_STEP, PCT_FINAL, PCT_FINAL_STEP, BASELINE_REFERENCE,
-            LEFT_BASELINE_STEP, below_quantity(threshold), REL_BASELINE_FINAL, REL_NULL_FINAL)
+    return (
+        PCT_FIRST,
+        PCT_FIRST_STEP,
+        PCT_MIN,
+        PCT_MIN_STEP,
+        PCT_FINAL,
+        PCT_FINAL_STEP,
+        BASELINE_REFERENCE,
+        LEFT_BASELINE_STEP,
+        below_quantity(threshold),
+        REL_BASELINE_FINAL,
+        REL_NULL_FINAL,
+    )
 
 
 def summary(heads: Mapping[str, Headline]) -> dict[str, Any]:
@@ -301,7 +347,18 @@ def summary(heads: Mapping[str, Headline]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for h in heads.values():
         names = summary_quantities(h.threshold)
-        values = (h.first_pct, h.first_step, h.min_pct, h.min_step, h.final_pct, h.final_step, h.reference,
-                  h.left_step, h.below_step, h.total_rel_baseline, h.total_rel_null)
+        values = (
+            h.first_pct,
+            h.first_step,
+            h.min_pct,
+            h.min_step,
+            h.final_pct,
+            h.final_step,
+            h.reference,
+            h.left_step,
+            h.below_step,
+            h.total_rel_baseline,
+            h.total_rel_null,
+        )
         out.update({summary_key(h.key, q): v for q, v in zip(names, values)})
     return out

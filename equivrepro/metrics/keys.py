@@ -29,9 +29,33 @@ import re
 from dataclasses import dataclass, replace
 
 __all__ = [
-    "EQUIV", "FLOOR", "CUBE", "BASELINE", "SPECTRUM", "ANGLE", "ATTRIBUTION", "DECOMPOSITION_FAMILIES", "TRAIN", "TIME", "HEAD",
-    "COMPUTE", "MetricKey", "key", "parse", "degree_key", "degree_of", "scalar_key", "matches", "suffix_sort_key",
-    "HEADLINE_QUANTITY", "angle_key", "angle_of", "AngleQuantity", "attribution_key", "attribution_of", "AttributionQuantity",
+    "EQUIV",
+    "FLOOR",
+    "CUBE",
+    "BASELINE",
+    "SPECTRUM",
+    "ANGLE",
+    "ATTRIBUTION",
+    "DECOMPOSITION_FAMILIES",
+    "TRAIN",
+    "TIME",
+    "HEAD",
+    "COMPUTE",
+    "MetricKey",
+    "key",
+    "parse",
+    "degree_key",
+    "degree_of",
+    "scalar_key",
+    "matches",
+    "suffix_sort_key",
+    "HEADLINE_QUANTITY",
+    "angle_key",
+    "angle_of",
+    "AngleQuantity",
+    "attribution_key",
+    "attribution_of",
+    "AttributionQuantity",
 ]
 
 EQUIV = "equiv"
@@ -72,7 +96,7 @@ class MetricKey:
         return "/".join(p for p in (self.family, self.suffix, self.term, self.quantity) if p)
 
     @classmethod
-    def parse(cls, text: str) -> "MetricKey | None":
+    def parse(cls, text: str) -> MetricKey | None:
         """The key of a logged name, or None for anything that is not a decomposition key."""
         parts = str(text).split("/")
         if parts[0] not in DECOMPOSITION_FAMILIES or len(parts) not in (3, 4) or not all(parts):
@@ -81,7 +105,7 @@ class MetricKey:
             return cls(parts[0], parts[1], parts[2])
         return cls(parts[0], parts[2], parts[3], parts[1])
 
-    def with_(self, **changes: str) -> "MetricKey":
+    def with_(self, **changes: str) -> MetricKey:
         """The same key with some parts replaced (``k.with_(quantity='total')``)."""
         return replace(self, **changes)
 
@@ -167,8 +191,10 @@ def attribution_key(term: str, descriptor: str, bin_label: str, suffix: str = ""
     parsed = _ATTRIBUTION.match(q)
     if parsed is None or parsed.group(1) != descriptor or parsed.group(2) != bin_label:
         endings = "/_".join(_ATTRIBUTION_STATS)
-        raise ValueError(f"attribution descriptor {descriptor!r} / bin {bin_label!r} do not make a parseable key (a descriptor is "
-                         f"a name of letters, digits and '_'; a bin has no '=' or '/' and does not end in _{endings})")
+        raise ValueError(
+            f"attribution descriptor {descriptor!r} / bin {bin_label!r} do not make a parseable key (a descriptor is "
+            f"a name of letters, digits and '_'; a bin has no '=' or '/' and does not end in _{endings})"
+        )
     return key(ATTRIBUTION, term, q, suffix)
 
 
@@ -189,8 +215,9 @@ def scalar_key(family: str, name: str) -> str:
     return f"{family}/{name}"
 
 
-def matches(text: str, *, family: str | None = None, term: str | None = None, quantity: str | None = None,
-            suffix: str | None = None) -> bool:
+def matches(
+    text: str, *, family: str | None = None, term: str | None = None, quantity: str | None = None, suffix: str | None = None
+) -> bool:
     """Whether a logged name is a decomposition key with the given parts (each a glob; None: any)."""
     k = MetricKey.parse(text)
     if k is None:

@@ -22,7 +22,8 @@ all from the same K copies.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,9 +66,22 @@ class EquivarianceMetric:
             only one rank evaluates.
     """
 
-    def __init__(self, task: Task, *, k: int = 10, terms: tuple[LossTerm, ...] | None = None, family: str = keys.EQUIV,
-                 exact_group: bool = False, suffix: str = "", chunk_size: int | None = None, spectrum_l_max: int | None = None,
-                 bootstrap: int = 1000, seed: int = 0, sync: bool = True, attribution: bool = False):
+    def __init__(
+        self,
+        task: Task,
+        *,
+        k: int = 10,
+        terms: tuple[LossTerm, ...] | None = None,
+        family: str = keys.EQUIV,
+        exact_group: bool = False,
+        suffix: str = "",
+        chunk_size: int | None = None,
+        spectrum_l_max: int | None = None,
+        bootstrap: int = 1000,
+        seed: int = 0,
+        sync: bool = True,
+        attribution: bool = False,
+    ):
         if int(k) < 2:
             raise ValueError(f"the twirl decomposition needs k ≥ 2 rotations per sample, got k={k}")
         self.task, self.k, self.terms = task, int(k), tuple(terms or task.terms)
@@ -84,8 +98,12 @@ class EquivarianceMetric:
         self._spectra: dict[str, list[Any]] = {}
         self._binned: dict[str, list[Any]] = {}
 
-    def update(self, model_or_predictions: nn.Module | Callable[[Batch], Prediction] | Mapping[str, torch.Tensor], batch: Batch,
-               rotations: torch.Tensor | None = None) -> dict[str, TermDecomposition]:
+    def update(
+        self,
+        model_or_predictions: nn.Module | Callable[[Batch], Prediction] | Mapping[str, torch.Tensor],
+        batch: Batch,
+        rotations: torch.Tensor | None = None,
+    ) -> dict[str, TermDecomposition]:
         """Add one batch. ``rotations``: ``(B, K, 3, 3)`` per sample or ``(K, 3, 3)`` shared; drawn (Haar, K per sample)
         when omitted. Returns this batch's decompositions."""
         b = batch_size(batch)
@@ -193,5 +211,14 @@ class EquivarianceMetric:
 
 def _detached(dec: TermDecomposition) -> TermDecomposition:
     f = lambda x: x.detach()  # noqa: E731
-    return TermDecomposition(dec.name, dec.k, dec.quadratic, dec.exact_group, f(dec.total), f(dec.mean_plugin), f(dec.equiv_plugin),
-                             f(dec.mean_unbiased), f(dec.equiv_unbiased))
+    return TermDecomposition(
+        dec.name,
+        dec.k,
+        dec.quadratic,
+        dec.exact_group,
+        f(dec.total),
+        f(dec.mean_plugin),
+        f(dec.equiv_plugin),
+        f(dec.mean_unbiased),
+        f(dec.equiv_unbiased),
+    )

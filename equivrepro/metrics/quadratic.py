@@ -11,7 +11,7 @@ wrong numbers.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -24,7 +24,9 @@ class NotQuadraticError(ValueError):
     """The term is not (or does not behave as) a diagonal weighted squared error."""
 
 
-def quadratic_weights(term: LossTerm, target: Prediction, batch: Batch, *, check: bool = True, rtol: float = 1e-4) -> dict[str, torch.Tensor]:
+def quadratic_weights(
+    term: LossTerm, target: Prediction, batch: Batch, *, check: bool = True, rtol: float = 1e-4
+) -> dict[str, torch.Tensor]:
     """``w[key]``, shaped like ``target[key]``, such that ``term.fn(pred, target, batch)`` is ``Σ_j w_j (pred_j − target_j)²``
     summed per sample. Keys the term ignores get zero weights. Computed in the target's dtype (use float64
     for the tightest check)."""
@@ -52,14 +54,18 @@ def quadratic_weights(term: LossTerm, target: Prediction, batch: Batch, *, check
             implied = sum((w[k] * delta[k] ** 2).reshape(b, -1).sum(1) for k in keys)
         scale = direct.abs().max().clamp_min(torch.finfo(direct.dtype).tiny)
         if (direct - implied).abs().max() > rtol * scale + 1e-12:
-            raise NotQuadraticError(f"loss term {term.name!r} is marked quadratic but is not a diagonal weighted squared error "
-                                    f"(max deviation {float((direct - implied).abs().max()):.3g} of {float(scale):.3g})")
+            raise NotQuadraticError(
+                f"loss term {term.name!r} is marked quadratic but is not a diagonal weighted squared error "
+                f"(max deviation {float((direct - implied).abs().max()):.3g} of {float(scale):.3g})"
+            )
         if any((v < -1e-12 * float(scale)).any() for v in w.values()):
             raise NotQuadraticError(f"loss term {term.name!r} has negative weights: not a convex squared error")
     return w
 
 
-def weighted_inner(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tensor], sample_dims: int = 1) -> torch.Tensor:
+def weighted_inner(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], w: Mapping[str, torch.Tensor], sample_dims: int = 1
+) -> torch.Tensor:
     """``Σ_j w_j a_j b_j`` over every non-sample axis of every key: shape ``a[key].shape[:sample_dims]``.
 
     ``w[key]`` broadcasts against ``a[key]`` (e.g. ``(B, 1, N, 3)`` against ``(B, K, N, 3)``)."""

@@ -68,11 +68,23 @@ from equivrepro.rotations import axis_angle_to_matrix, haar_rotations
 from equivrepro.task import Batch, LossTerm, Prediction, Task, batch_size
 
 __all__ = [
-    "DegreeSpectrum", "AngleCurve", "NotQuadraticError",
-    "characters", "relative_cosines", "degree_quantity", "REMAINDER", "LIE", "CENTRINGS",
-    "degree_spectrum", "degree_spectra", "degree_spectrum_of",
-    "angle_curve_predicted", "angle_curve_measured",
-    "invariant_degrees", "removed_degrees", "equiv_map",
+    "DegreeSpectrum",
+    "AngleCurve",
+    "NotQuadraticError",
+    "characters",
+    "relative_cosines",
+    "degree_quantity",
+    "REMAINDER",
+    "LIE",
+    "CENTRINGS",
+    "degree_spectrum",
+    "degree_spectra",
+    "degree_spectrum_of",
+    "angle_curve_predicted",
+    "angle_curve_measured",
+    "invariant_degrees",
+    "removed_degrees",
+    "equiv_map",
 ]
 
 #: Quantity names of the spectrum family beside the degrees (``spectrum/[S/]T/remainder``, ``…/lie``).
@@ -153,8 +165,15 @@ class DegreeSpectrum:
                 raise ValueError(f"cannot pool spectra of {first.name!r} (l_max {first.l_max}) and {p.name!r} (l_max {p.l_max})")
         ks = {p.k for p in parts}
         cat = lambda attr: torch.cat([getattr(p, attr) for p in parts])  # noqa: E731
-        return cls(name=first.name, k=first.k if len(ks) == 1 else -1, l_max=first.l_max, estimates=cat("estimates"),
-                   equiv=cat("equiv"), total=cat("total"), centring=first.centring)
+        return cls(
+            name=first.name,
+            k=first.k if len(ks) == 1 else -1,
+            l_max=first.l_max,
+            estimates=cat("estimates"),
+            equiv=cat("equiv"),
+            total=cat("total"),
+            centring=first.centring,
+        )
 
     # --- per sample ----------------------------------------------------------------------------
     @property
@@ -332,9 +351,11 @@ def degree_spectrum(
     nothing is approximated) and ``ValueError`` for ``exact_group=True``.
     """
     if exact_group:
-        raise ValueError("degree_spectrum needs i.i.d. Haar rotations: on a finite group the SO(3) degrees alias "
-                         "(χ_l restricted to the group is reducible and shared between degrees); use invariant_degrees / "
-                         "removed_degrees for what a finite twirl removes")
+        raise ValueError(
+            "degree_spectrum needs i.i.d. Haar rotations: on a finite group the SO(3) degrees alias "
+            "(χ_l restricted to the group is reducible and shared between degrees); use invariant_degrees / "
+            "removed_degrees for what a finite twirl removes"
+        )
     if int(l_max) < 1:
         raise ValueError(f"l_max must be ≥ 1, got {l_max}")
     w = quadratic_weights(term, target, batch)
@@ -351,8 +372,9 @@ def degree_spectrum(
         est = _character_sums(inner, relative_cosines(rot.to(gram.device)), int(l_max))
         trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
         est[:, 0] = zbar_sq - trace / (k * (k - 1))
-        return DegreeSpectrum(name=term.name, k=k, l_max=int(l_max), estimates=est, equiv=trace / (k - 1),
-                              total=mean_sq + trace / k, centring=centring)
+        return DegreeSpectrum(
+            name=term.name, k=k, l_max=int(l_max), estimates=est, equiv=trace / (k - 1), total=mean_sq + trace / k, centring=centring
+        )
 
 
 def degree_spectra(
@@ -368,8 +390,7 @@ def degree_spectra(
     untwisted predictions — the same ``z`` the twirl decomposition uses, so no extra forward passes.
     Non-quadratic terms are left out: they have no degree decomposition."""
     target = task.targets(batch)
-    return {t.name: degree_spectrum(z, rotations, t, target, batch, l_max, centring=centring)
-            for t in (terms or task.terms) if t.quadratic}
+    return {t.name: degree_spectrum(z, rotations, t, target, batch, l_max, centring=centring) for t in (terms or task.terms) if t.quadratic}
 
 
 def degree_spectrum_of(

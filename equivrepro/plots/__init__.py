@@ -16,6 +16,15 @@ from equivrepro.plots.figures import (
 )
 
 __all__ = [
-    "DATA_COLUMNS", "ema_smooth", "final_pct_bars", "headline", "loss_decomposition", "pct_curves", "vary",
-    "vary_augmentation", "vary_data_size", "vary_model_size", "vary_optimizer",
+    "DATA_COLUMNS",
+    "ema_smooth",
+    "final_pct_bars",
+    "headline",
+    "loss_decomposition",
+    "pct_curves",
+    "vary",
+    "vary_augmentation",
+    "vary_data_size",
+    "vary_model_size",
+    "vary_optimizer",
 ]

@@ -31,8 +31,13 @@ from equivrepro.atomic import atomic_write_text
 from equivrepro.plots.style import PCT_LABEL, STEP_LABEL, new_figure, plt, save_figure
 
 __all__ = [
-    "spectral_densities", "top_eigenvalues", "landscape_surfaces", "landscape_frozen_redrawn", "head_deviation_scatter",
-    "gradient_ratio_scatter", "twirl_cost",
+    "spectral_densities",
+    "top_eigenvalues",
+    "landscape_surfaces",
+    "landscape_frozen_redrawn",
+    "head_deviation_scatter",
+    "gradient_ratio_scatter",
+    "twirl_cost",
 ]
 
 _LOSS_TEX = {"mean": r"$L_\mathrm{mean}$", "equiv": r"$L_\mathrm{equiv}$", "total": r"$L_\mathrm{total}$"}
@@ -63,8 +68,9 @@ def _plain_log_x(ax) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def landscape_surfaces(landscape, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"), source: str = "own",
-                       title: str | None = None) -> pd.DataFrame:
+def landscape_surfaces(
+    landscape, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"), source: str = "own", title: str | None = None
+) -> pd.DataFrame:
     """One 3-D surface per loss. ``source='own'``: each loss along its own Hessian's eigenvectors; or a fixed
     source (``'mean'`` / ``'equiv'``) for every panel. Returns ``loss, source, x, y, value`` rows."""
     coords = landscape.coords.double().numpy()
@@ -92,13 +98,16 @@ def landscape_surfaces(landscape, stem: str | Path, *, losses: Sequence[str] = (
     if title or cfg:
         names = ", ".join(cfg.get("parameters", [])[:3])
         fig.suptitle(title or f"Loss landscape of {cfg.get('n_params', '?')} parameters ({names})", fontsize=9)
-    note = (f"Grid {cfg.get('n', '?')}×{cfg.get('n', '?')}, step {cfg.get('step', '?')}; held-out samples: {cfg.get('n_samples', '?')}, "
-            f"term {cfg.get('term', '?')}.")
+    note = (
+        f"Grid {cfg.get('n', '?')}×{cfg.get('n', '?')}, step {cfg.get('step', '?')}; held-out samples: {cfg.get('n_samples', '?')}, "
+        f"term {cfg.get('term', '?')}."
+    )
     return _write(fig, pd.concat(rows, ignore_index=True), stem, note)
 
 
-def spectral_densities(spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, sigma: float = 0.15, decades: float = 14.0,
-                       title: str | None = None) -> pd.DataFrame:
+def spectral_densities(
+    spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, sigma: float = 0.15, decades: float = 14.0, title: str | None = None
+) -> pd.DataFrame:
     """``spectra[form][loss]`` → :class:`~equivrepro.analysis.curvature.CurvatureSpectrum`; densities in eigenvalues per
     decade of |λ| down to ``decades`` below the largest |λ|, broadened by ``sigma`` decades; the legend counts the
     eigenvalues that are numerically zero. Returns ``form, loss, log10_abs_lambda, positive, negative`` rows."""
@@ -115,16 +124,22 @@ def spectral_densities(spectra: Mapping[str, Mapping[str, object]], stem: str | 
             color = _LOSS_COLOR.get(loss, None)
             r = sp.density.ranks()
             zero = f", {d['zero']:.3g} ≈ 0" if d["zero"] >= 0.5 else ""
-            ax.plot(grid, d["positive"], "-", color=color,
-                    label=f"{_LOSS_TEX.get(loss, loss)} λ > 0 (entropy rank {r['entropy_rank']:.3g}{zero})")
+            ax.plot(
+                grid,
+                d["positive"],
+                "-",
+                color=color,
+                label=f"{_LOSS_TEX.get(loss, loss)} λ > 0 (entropy rank {r['entropy_rank']:.3g}{zero})",
+            )
             if d["negative"].max() > 1e-3:
                 ax.plot(grid, d["negative"], "--", color=color, label=f"{_LOSS_TEX.get(loss, loss)} λ < 0 (|λ|)")
             both = d["positive"] + d["negative"]
             peak = max(peak, float(both.max()))
             if (both > 1e-3).any():
                 lowest = min(lowest, float(grid[both > 1e-3][0]))
-            rows.append(pd.DataFrame({"form": form, "loss": loss, "log10_abs_lambda": grid, "positive": d["positive"],
-                                      "negative": d["negative"]}))
+            rows.append(
+                pd.DataFrame({"form": form, "loss": loss, "log10_abs_lambda": grid, "positive": d["positive"], "negative": d["negative"]})
+            )
         ax.set_yscale("log")
         ax.set_ylim(1e-3, max(2 * peak, 1e-2))
         ax.set_xlim(lowest - 0.5, hi)
@@ -138,8 +153,9 @@ def spectral_densities(spectra: Mapping[str, Mapping[str, object]], stem: str | 
     return _write(fig, pd.concat(rows, ignore_index=True), stem)
 
 
-def top_eigenvalues(spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, k: int = 20,
-                    title: str | None = None) -> pd.DataFrame:
+def top_eigenvalues(
+    spectra: Mapping[str, Mapping[str, object]], stem: str | Path, *, k: int = 20, title: str | None = None
+) -> pd.DataFrame:
     """λ_i / λ_1 of the ``k`` largest eigenvalues of each operator against i (log y); hollow markers are unresolved."""
     forms = list(spectra)
     fig, axes = new_figure(len(forms), panel_size=(4.6, 3.4))
@@ -153,11 +169,28 @@ def top_eigenvalues(spectra: Mapping[str, Mapping[str, object]], stem: str | Pat
             res = np.array([t["resolved"] for t in top], dtype=bool)
             color = _LOSS_COLOR.get(loss, None)
             pos = val > 0
-            ax.semilogy(i[pos & res], val[pos & res], "o", color=color, label=f"{_LOSS_TEX.get(loss, loss)} (κ over resolved "
-                        f"{sp.condition['kappa']:.3g}, {sp.condition['n_resolved_positive']} resolved > 0)")
+            ax.semilogy(
+                i[pos & res],
+                val[pos & res],
+                "o",
+                color=color,
+                label=f"{_LOSS_TEX.get(loss, loss)} (κ over resolved "
+                f"{sp.condition['kappa']:.3g}, {sp.condition['n_resolved_positive']} resolved > 0)",
+            )
             ax.semilogy(i[pos & ~res], val[pos & ~res], "o", mfc="none", color=color)
-            rows.append(pd.DataFrame({"form": form, "loss": loss, "rank": i, "eigenvalue": [t["eigenvalue"] for t in top],
-                                      "normalised": val, "residual": [t["residual"] for t in top], "resolved": res}))
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "form": form,
+                        "loss": loss,
+                        "rank": i,
+                        "eigenvalue": [t["eigenvalue"] for t in top],
+                        "normalised": val,
+                        "residual": [t["residual"] for t in top],
+                        "resolved": res,
+                    }
+                )
+            )
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("rank i")
         ax.set_ylabel(r"$\lambda_i / \lambda_1$")
@@ -168,8 +201,9 @@ def top_eigenvalues(spectra: Mapping[str, Mapping[str, object]], stem: str | Pat
     return _write(fig, pd.concat(rows, ignore_index=True), stem, "hollow: not resolved (residual bound > rtol·|λ|)")
 
 
-def landscape_frozen_redrawn(frozen, redrawn, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"),
-                             title: str | None = None) -> pd.DataFrame:
+def landscape_frozen_redrawn(
+    frozen, redrawn, stem: str | Path, *, losses: Sequence[str] = ("mean", "equiv"), title: str | None = None
+) -> pd.DataFrame:
     """Heat maps: rows frozen / redrawn, columns the losses along their own eigenvectors; R², smoothness, noise SD."""
     rows_of = [("frozen", frozen)] + ([("redrawn", redrawn)] if redrawn is not None else [])
     fig, axes = new_figure(len(rows_of) * len(losses), ncols=len(losses), panel_size=(4.2, 3.6))
@@ -194,8 +228,10 @@ def landscape_frozen_redrawn(frozen, redrawn, stem: str | Path, *, losses: Seque
             data.append(pd.DataFrame({"kind": kind, "loss": loss, "x": xx.ravel(), "y": yy.ravel(), "value": z.ravel()}))
     if title:
         fig.suptitle(title, fontsize=9)
-    note = ("smoothness: mean |2nd difference| / range (0.011 for a noiseless 20×20 bowl, ≈ 0.3 for white noise); "
-            "redrawn: new samples, task noise and rotations at every point")
+    note = (
+        "smoothness: mean |2nd difference| / range (0.011 for a noiseless 20×20 bowl, ≈ 0.3 for white noise); "
+        "redrawn: new samples, task noise and rotations at every point"
+    )
     return _write(fig, pd.concat(data, ignore_index=True), stem, note)
 
 
@@ -205,9 +241,14 @@ def head_deviation_scatter(result: Mapping, stem: str | Path, *, x_label: str | 
     fig, (ax,) = new_figure(1, panel_size=(5.2, 4.0))
     sc = ax.scatter(t["deviation"], t["l_equiv"], c=np.log10(t["step"].clip(lower=1)), cmap="viridis", s=16, label="evaluations")
     xs = np.geomspace(t["deviation"].min(), t["deviation"].max(), 50)
-    ax.plot(xs, 10 ** (result["intercept"] + result["slope"] * np.log10(xs)), "--", color="0.3",
-            label=f"fit: L_equiv ∝ x^{result['slope']:.2f} (95% CI [{result['bootstrap']['slope_ci'][0]:.2f}, "
-                  f"{result['bootstrap']['slope_ci'][1]:.2f}])")
+    ax.plot(
+        xs,
+        10 ** (result["intercept"] + result["slope"] * np.log10(xs)),
+        "--",
+        color="0.3",
+        label=f"fit: L_equiv ∝ x^{result['slope']:.2f} (95% CI [{result['bootstrap']['slope_ci'][0]:.2f}, "
+        f"{result['bootstrap']['slope_ci'][1]:.2f}])",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_x(ax)
@@ -217,15 +258,29 @@ def head_deviation_scatter(result: Mapping, stem: str | Path, *, x_label: str | 
     cb.set_label(f"log10 {STEP_LABEL.lower()}")
     ax.legend(loc="best", fontsize=7)
     b = result["bootstrap"]
-    ax.set_title(title or (f"Pearson R = {result['pearson_r']:.2f} [{b['pearson_r_ci'][0]:.2f}, {b['pearson_r_ci'][1]:.2f}], "
-                           f"Spearman ρ = {result['spearman_rho']:.2f} [{b['spearman_rho_ci'][0]:.2f}, {b['spearman_rho_ci'][1]:.2f}] "
-                           f"(log values, n = {result['n']})"), fontsize=8)
+    ax.set_title(
+        title
+        or (
+            f"Pearson R = {result['pearson_r']:.2f} [{b['pearson_r_ci'][0]:.2f}, {b['pearson_r_ci'][1]:.2f}], "
+            f"Spearman ρ = {result['spearman_rho']:.2f} [{b['spearman_rho_ci'][0]:.2f}, {b['spearman_rho_ci'][1]:.2f}] "
+            f"(log values, n = {result['n']})"
+        ),
+        fontsize=8,
+    )
     return _write(fig, t.copy(), stem, f"intervals: {b['method']} bootstrap over evaluations (block {b['block']}, {b['n_boot']} resamples)")
 
 
-def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str = "step", pct_col: str = "pct",
-                           ratio_col: str = "grad_norm_ratio", span_fraction: float = 0.01, pct_scale: float = 100.0,
-                           title: str | None = None) -> dict:
+def gradient_ratio_scatter(
+    df: pd.DataFrame,
+    stem: str | Path,
+    *,
+    step_col: str = "step",
+    pct_col: str = "pct",
+    ratio_col: str = "grad_norm_ratio",
+    span_fraction: float = 0.01,
+    pct_scale: float = 100.0,
+    title: str | None = None,
+) -> dict:
     """Scatter of pct (× ``pct_scale``, percent by default) vs gradient-norm ratio, coloured by step, plus the
     EMA trajectory. Returns the correlation dict of :func:`~equivrepro.analysis.ratio_correlation`."""
     from equivrepro.analysis.gradient_ratio import ema_trajectory, ratio_correlation
@@ -234,10 +289,10 @@ def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str 
     traj = ema_trajectory(df, step_col=step_col, pct_col=pct_col, ratio_col=ratio_col, span_fraction=span_fraction)
     fig, (ax,) = new_figure(1, panel_size=(5.4, 4.2))
     pos = traj["step"].clip(lower=1)
-    sc = ax.scatter(traj["grad_norm_ratio"], traj["pct"] * pct_scale, c=np.log10(pos), cmap="viridis", s=12, alpha=0.6,
-                    label="evaluations")
-    ax.plot(traj["ratio_ema"], traj["pct_ema"] * pct_scale, color="crimson", lw=1.6,
-            label=f"EMA trajectory (span = {span_fraction:g}·step)")
+    sc = ax.scatter(traj["grad_norm_ratio"], traj["pct"] * pct_scale, c=np.log10(pos), cmap="viridis", s=12, alpha=0.6, label="evaluations")
+    ax.plot(
+        traj["ratio_ema"], traj["pct_ema"] * pct_scale, color="crimson", lw=1.6, label=f"EMA trajectory (span = {span_fraction:g}·step)"
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(r"$\|\nabla L_\mathrm{equiv}\| \,/\, \|\nabla L_\mathrm{mean}\|$")
@@ -254,8 +309,9 @@ def gradient_ratio_scatter(df: pd.DataFrame, stem: str | Path, *, step_col: str 
 def twirl_cost(df: pd.DataFrame, stem: str | Path, *, title: str | None = None) -> pd.DataFrame:
     """MSE(K) with standard errors, the prediction L_mean + L_equiv/K as a curve, relative cost on the right axis."""
     fig, (ax,) = new_figure(1, panel_size=(5.4, 3.8))
-    ax.errorbar(df["k"], df["mse"], yerr=1.96 * df["mse_se"], fmt="o", color="tab:blue", capsize=3,
-                label="measured (±1.96 SE over samples)")
+    ax.errorbar(
+        df["k"], df["mse"], yerr=1.96 * df["mse_se"], fmt="o", color="tab:blue", capsize=3, label="measured (±1.96 SE over samples)"
+    )
     l_mean, l_equiv = df.attrs.get("l_mean"), df.attrs.get("l_equiv")
     ks = np.geomspace(1, max(df["k"].max(), 2), 100)
     if l_mean is not None and l_equiv is not None:

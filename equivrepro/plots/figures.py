@@ -24,23 +24,43 @@ Figures (paper §5): :func:`pct_curves` (pct vs step for one task), :func:`loss_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from equivrepro.plots.style import (
-    LOSS_LABEL, PCT_LABEL, add_reference_line, new_figure, plain_log_ticks, save_figure, series_colors, set_step_axis,
-    task_order, task_title,
-)
 from equivrepro.metrics import keys
+from equivrepro.plots.style import (
+    LOSS_LABEL,
+    PCT_LABEL,
+    add_reference_line,
+    new_figure,
+    plain_log_ticks,
+    save_figure,
+    series_colors,
+    set_step_axis,
+    task_order,
+    task_title,
+)
 from equivrepro.results import GROUP_COLUMNS, format_train_size
 from equivrepro.train.checkpoint import atomic_write_text
 
 __all__ = [
-    "DATA_COLUMNS", "ema_smooth", "resolve_term", "eval_suffixes", "pct_curves", "loss_decomposition", "vary",
-    "vary_model_size", "vary_data_size", "vary_optimizer", "vary_augmentation", "final_pct_bars", "headline", "swept_column",
+    "DATA_COLUMNS",
+    "ema_smooth",
+    "resolve_term",
+    "eval_suffixes",
+    "pct_curves",
+    "loss_decomposition",
+    "vary",
+    "vary_model_size",
+    "vary_data_size",
+    "vary_optimizer",
+    "vary_augmentation",
+    "final_pct_bars",
+    "headline",
+    "swept_column",
 ]
 
 DATA_COLUMNS = ["panel", "series", "metric", "step", "value", "lo", "hi", "n_runs"]
@@ -94,7 +114,9 @@ def resolve_term(table: pd.DataFrame, term: str | None = None) -> str:
     terms = table["primary_term"].dropna().unique()
     if len(terms) == 1:
         return str(terms[0])
-    found = sorted({k.term for m in table["metric"].unique() if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.quantity == "pct"})
+    found = sorted(
+        {k.term for m in table["metric"].unique() if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.quantity == "pct"}
+    )
     if len(found) == 1:
         return found[0]
     raise ValueError(f"cannot tell which loss term to plot (primary_term {list(terms)}, terms with a pct {found}); pass term=")
@@ -102,8 +124,11 @@ def resolve_term(table: pd.DataFrame, term: str | None = None) -> str:
 
 def eval_suffixes(table: pd.DataFrame, term: str) -> list[str]:
     """Evaluation suffixes present for ``term`` (``['']`` for one evaluation batch; flow times in numeric order)."""
-    found = {k.suffix for m in table["metric"].unique()
-             if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.term == term and k.quantity == "pct"}
+    found = {
+        k.suffix
+        for m in table["metric"].unique()
+        if (k := keys.parse(str(m))) and k.family == keys.EQUIV and k.term == term and k.quantity == "pct"
+    }
     if not found:
         raise ValueError(f"no 'equiv/…/{term}/pct' metric in the table (metrics: {sorted(map(str, table['metric'].unique()))[:20]} …)")
     return sorted(found, key=keys.suffix_sort_key)
@@ -131,11 +156,15 @@ def _check_replicates(table: pd.DataFrame, by: str | None, what: str) -> None:
             vals = set(g[col].astype(str))
             if len(vals) > 1:
                 where = f" with {by}={key}" if by else ""
-                raise ValueError(f"{what}: the runs{where} differ in {col} ({sorted(vals)}), so they are not replicates; "
-                                 f"narrow the table to one sweep (e.g. select its run_ids) before drawing")
+                raise ValueError(
+                    f"{what}: the runs{where} differ in {col} ({sorted(vals)}), so they are not replicates; "
+                    f"narrow the table to one sweep (e.g. select its run_ids) before drawing"
+                )
 
 
-def _curves(table: pd.DataFrame, metric: str, series_of: Callable[[pd.DataFrame], object], smoothing: float | None, scale: float) -> pd.DataFrame:
+def _curves(
+    table: pd.DataFrame, metric: str, series_of: Callable[[pd.DataFrame], object], smoothing: float | None, scale: float
+) -> pd.DataFrame:
     """Per series and step: mean / min / max over runs of ``scale ×`` the (smoothed) metric."""
     rows = table[table["metric"] == metric]
     parts = []
@@ -149,7 +178,11 @@ def _curves(table: pd.DataFrame, metric: str, series_of: Callable[[pd.DataFrame]
     if not parts:
         return pd.DataFrame(columns=["series", "metric", "step", "value", "lo", "hi", "n_runs"])
     df = pd.concat(parts, ignore_index=True)
-    out = df.groupby(["series", "step"], sort=True).agg(value=("v", "mean"), lo=("v", "min"), hi=("v", "max"), n_runs=("v", "size")).reset_index()
+    out = (
+        df.groupby(["series", "step"], sort=True)
+        .agg(value=("v", "mean"), lo=("v", "min"), hi=("v", "max"), n_runs=("v", "size"))
+        .reset_index()
+    )
     out.insert(1, "metric", metric)
     return out
 
@@ -202,8 +235,12 @@ def _pct_panel(ax, table: pd.DataFrame, term: str, suffixes: list[str], smoothin
     if logy:
         plain_log_ticks(ax)
     ax.set_ylabel(PCT_LABEL)
-    ax.legend(title="Flow time" if len(suffixes) > 1 and suffixes[0].startswith("t=") else None, loc="best",
-              ncols=2 if len(suffixes) > 4 else 1, fontsize=7)
+    ax.legend(
+        title="Flow time" if len(suffixes) > 1 and suffixes[0].startswith("t=") else None,
+        loc="best",
+        ncols=2 if len(suffixes) > 4 else 1,
+        fontsize=7,
+    )
     data.insert(0, "panel", panel)
     return data
 
@@ -211,8 +248,16 @@ def _pct_panel(ax, table: pd.DataFrame, term: str, suffixes: list[str], smoothin
 # ----------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------
-def pct_curves(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, smoothing: float | None = None,
-               logx: bool = True, logy: bool = True, title: str | None = None) -> pd.DataFrame:
+def pct_curves(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    smoothing: float | None = None,
+    logx: bool = True,
+    logy: bool = True,
+    title: str | None = None,
+) -> pd.DataFrame:
     """pct vs training step for one task's runs (replicates); one line per evaluation suffix (flow time)."""
     task = str(_one(table, "task", "pct_curves"))
     _check_replicates(table, None, "pct_curves")
@@ -223,9 +268,18 @@ def pct_curves(table: pd.DataFrame, stem: str | Path, *, term: str | None = None
     return _finish(fig, [ax], data, stem, _smoothing_note(smoothing))
 
 
-def loss_decomposition(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, panel_by: str | None = None,
-                       suffix: str | None = None, smoothing: float | None = None, logx: bool = True, logy: bool = True,
-                       label: Callable[[object], str] | None = None) -> pd.DataFrame:
+def loss_decomposition(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    panel_by: str | None = None,
+    suffix: str | None = None,
+    smoothing: float | None = None,
+    logx: bool = True,
+    logy: bool = True,
+    label: Callable[[object], str] | None = None,
+) -> pd.DataFrame:
     """L_total, L_mean and L_equiv vs step (log–log by default).
 
     Panels: one per evaluation suffix (flow times), or with ``panel_by`` (e.g. ``'train_size'``) one per value
@@ -248,8 +302,9 @@ def loss_decomposition(table: pd.DataFrame, stem: str | Path, *, term: str | Non
         wanted = suffixes if suffix is None else [suffix]
         panels = [(_suffix_label(s) if s else "", table, s) for s in wanted]
     fig, axes = new_figure(len(panels), ncols=min(len(panels), 4), panel_size=(4.4, 3.4))
-    quantities = ["total", "mean", "equiv"] + [q for q in ("null_total", "baseline_total")
-                                               if (table["metric"] == _metric(term, q, panels[0][2])).any()]
+    quantities = ["total", "mean", "equiv"] + [
+        q for q in ("null_total", "baseline_total") if (table["metric"] == _metric(term, q, panels[0][2])).any()
+    ]
     palette = {"total": "0.15", "mean": "tab:blue", "equiv": "tab:red", "null_total": "0.6", "baseline_total": "tab:green"}
     colors = {q: palette[q] for q in quantities}
     ncols = min(len(panels), 4)
@@ -291,9 +346,21 @@ def _ordered_values(table: pd.DataFrame, by: str, sort_key: Callable | None = No
     return sorted(vals, key=sort_key or (lambda v: (v is None, str(v))))
 
 
-def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = None, suffix: str | None = None,
-         smoothing: float | None = None, logx: bool = True, logy: bool = True, label: Callable[[object], str] | None = None,
-         sort_key: Callable | None = None, legend_title: str | None = None, title: str | None = None) -> pd.DataFrame:
+def vary(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    by: str,
+    term: str | None = None,
+    suffix: str | None = None,
+    smoothing: float | None = None,
+    logx: bool = True,
+    logy: bool = True,
+    label: Callable[[object], str] | None = None,
+    sort_key: Callable | None = None,
+    legend_title: str | None = None,
+    title: str | None = None,
+) -> pd.DataFrame:
     """pct vs step for each value of the swept column ``by`` (replicates averaged).
 
     Tasks with one evaluation batch: one panel, one line per value. Tasks with several (flow matching,
@@ -340,9 +407,11 @@ def vary(table: pd.DataFrame, stem: str | Path, *, by: str, term: str | None = N
     return _finish(fig, [ax], data, stem, note)
 
 
-REL_NOTE = ("L/L_base, L/L₀: held-out L_total at the last evaluation over the loss of the task's cheap equivariant baseline "
-            "(fitted on training data) and of its trivial predictor; at or above 1 the run is no better than an equivariant "
-            "predictor that costs nothing, and its small pct says nothing about learned equivariance.")
+REL_NOTE = (
+    "L/L_base, L/L₀: held-out L_total at the last evaluation over the loss of the task's cheap equivariant baseline "
+    "(fitted on training data) and of its trivial predictor; at or above 1 the run is no better than an equivariant "
+    "predictor that costs nothing, and its small pct says nothing about learned equivariance."
+)
 
 
 def _rel_label(base: float | None, null: float | None) -> str:
@@ -402,8 +471,15 @@ def vary_augmentation(table: pd.DataFrame, stem: str | Path, **kw) -> pd.DataFra
     return vary(table, stem, by="augment", **kw)
 
 
-def final_pct_bars(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, by: str = "model_label",
-                   smoothing: float | None = None, label: Callable[[object], str] | None = None) -> pd.DataFrame:
+def final_pct_bars(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    by: str = "model_label",
+    smoothing: float | None = None,
+    label: Callable[[object], str] | None = None,
+) -> pd.DataFrame:
     """Final (optionally smoothed) pct per evaluation suffix (flow time), one bar per value of ``by``.
 
     Bar height: mean over replicates of each run's last value; error bars: min–max over replicates.
@@ -418,15 +494,20 @@ def final_pct_bars(table: pd.DataFrame, stem: str | Path, *, term: str | None = 
     rows = []
     for s in suffixes:
         metric = _metric(term, "pct", s)
-        for run_id, g in table[table["metric"] == metric].groupby("run_id", observed=True):
+        for _, g in table[table["metric"] == metric].groupby("run_id", observed=True):
             g = g.sort_values("step")
             vals = g["value"].to_numpy(dtype=float)
             if smoothing:
                 vals = ema_smooth(g["step"].to_numpy(dtype=float), vals, smoothing)
-            rows.append({"series": _key_of(g[by].iloc[0]), "panel": s, "metric": metric, "step": int(g["step"].iloc[-1]), "v": 100.0 * vals[-1]})
+            rows.append(
+                {"series": _key_of(g[by].iloc[0]), "panel": s, "metric": metric, "step": int(g["step"].iloc[-1]), "v": 100.0 * vals[-1]}
+            )
     df = pd.DataFrame(rows)
-    data = df.groupby(["panel", "series", "metric"], sort=False, dropna=False).agg(
-        step=("step", "max"), value=("v", "mean"), lo=("v", "min"), hi=("v", "max"), n_runs=("v", "size")).reset_index()
+    data = (
+        df.groupby(["panel", "series", "metric"], sort=False, dropna=False)
+        .agg(step=("step", "max"), value=("v", "mean"), lo=("v", "min"), hi=("v", "max"), n_runs=("v", "size"))
+        .reset_index()
+    )
     fig, (ax,) = new_figure(1, panel_size=(min(12.0, max(5.0, 0.4 * len(suffixes) * max(1, len(keys)) + 2.0)), 3.8))
     width = 0.8 / max(1, len(keys))
     x = np.arange(len(suffixes))
@@ -450,8 +531,15 @@ def final_pct_bars(table: pd.DataFrame, stem: str | Path, *, term: str | None = 
     return _finish(fig, [ax], data, stem, note)
 
 
-def headline(table: pd.DataFrame, stem: str | Path, *, smoothing: float | Mapping[str, float | None] | None = None, logx: bool = True,
-             logy: bool = True, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+def headline(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    smoothing: float | Mapping[str, float | None] | None = None,
+    logx: bool = True,
+    logy: bool = True,
+    tasks: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """The headline figure: pct vs training step, one panel per task (each task's default runs, seeds averaged).
 
     ``smoothing``: one EMA span fraction for every panel, or one per task (``{task: span or None}``)."""

@@ -53,8 +53,10 @@ def _parsed(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _missing(what: str, family: str, term: str, extra: str = "") -> ValueError:
-    return ValueError(f"{what}: the table has no '{family}/…/{term}/…' metrics: the runs did not log them; set {SPECTRUM_SETTING} "
-                      f"(e.g. {SPECTRUM_SETTING}=8 for K ≥ 10 rotations, 4 for K = 4) and rerun{extra}")
+    return ValueError(
+        f"{what}: the table has no '{family}/…/{term}/…' metrics: the runs did not log them; set {SPECTRUM_SETTING} "
+        f"(e.g. {SPECTRUM_SETTING}=8 for K ≥ 10 rotations, 4 for K = 4) and rerun{extra}"
+    )
 
 
 def _family_keys(table: pd.DataFrame, family: str, term: str, what: str, extra: str = "") -> list[keys.MetricKey]:
@@ -78,7 +80,7 @@ def _suffixes(found: Sequence[keys.MetricKey], wanted: Sequence[str] | str | Non
 def _share_degree(quantity: str) -> int | None:
     if not quantity.startswith(_SHARE):
         return None
-    return keys.degree_of(keys.MetricKey(keys.SPECTRUM, "t", quantity[len(_SHARE):]))
+    return keys.degree_of(keys.MetricKey(keys.SPECTRUM, "t", quantity[len(_SHARE) :]))
 
 
 def _last_step_values(table: pd.DataFrame, metrics: set[str]) -> dict[str, dict[str, float]]:
@@ -104,8 +106,16 @@ def _pool(values: Sequence[float], ses: Sequence[float]) -> tuple[float, float]:
 
 
 def _row(panel: str, series: str, metric: str, step: int, value: float, se: float, n: int) -> dict:
-    return {"panel": panel, "series": series, "metric": metric, "step": step, "value": value,
-            "lo": value - se if math.isfinite(se) else math.nan, "hi": value + se if math.isfinite(se) else math.nan, "n_runs": n}
+    return {
+        "panel": panel,
+        "series": series,
+        "metric": metric,
+        "step": step,
+        "value": value,
+        "lo": value - se if math.isfinite(se) else math.nan,
+        "hi": value + se if math.isfinite(se) else math.nan,
+        "n_runs": n,
+    }
 
 
 def _panel_name(suffix: str, task: str) -> str:
@@ -127,8 +137,15 @@ def _save(fig, data: pd.DataFrame, stem: str | Path, note: str) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------------
 # (a) shares against training step
 # ----------------------------------------------------------------------------------------------------
-def degree_shares(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, suffixes: Sequence[str] | str | None = None,
-                  smoothing: float | None = None, logx: bool = True) -> pd.DataFrame:
+def degree_shares(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    suffixes: Sequence[str] | str | None = None,
+    smoothing: float | None = None,
+    logx: bool = True,
+) -> pd.DataFrame:
     """E_l / L_total against training step, stacked from l = 1 up, then the remainder (power above l_max), whose
     sum is pct; L_mean / L_total (= 1 − pct, the rest up to 100 %) is the grey band above. The estimator is
     unbiased, so a degree with little power can come out below 0: negative estimates are drawn as 0 and the
@@ -159,8 +176,12 @@ def degree_shares(table: pd.DataFrame, stem: str | Path, *, term: str | None = N
             data.append(mean)
         panel = pd.concat(data, ignore_index=True)
         steps = sorted(panel["step"].unique())
-        stack = np.array([panel[panel["series"] == name].set_index("step")["value"].reindex(steps).fillna(0.0).clip(lower=0.0).to_numpy()
-                          for name, _ in series])
+        stack = np.array(
+            [
+                panel[panel["series"] == name].set_index("step")["value"].reindex(steps).fillna(0.0).clip(lower=0.0).to_numpy()
+                for name, _ in series
+            ]
+        )
         if len(pct):  # the positive estimates share pct in proportion: the stack's top is pct
             target = pct.set_index("step")["value"].reindex(steps).to_numpy()
             positive = stack.sum(0)
@@ -185,9 +206,11 @@ def degree_shares(table: pd.DataFrame, stem: str | Path, *, term: str | None = N
     fig.legend(handles, labels, loc="outside right center", fontsize=7)
     fig.suptitle(f"{task_title(task)}: equivariance error by angular degree l during training")
     data = pd.concat(parts, ignore_index=True)
-    note = ("Stacked: E_l / L_total for l = 1..l_max and the remainder (power above l_max), from the same K rotations as pct; "
-            "negative estimates (noise of an unbiased estimator) drawn as 0 and the positive ones scaled to sum to pct (the CSV has "
-            "the estimates as logged); grey: L_mean / L_total.")
+    note = (
+        "Stacked: E_l / L_total for l = 1..l_max and the remainder (power above l_max), from the same K rotations as pct; "
+        "negative estimates (noise of an unbiased estimator) drawn as 0 and the positive ones scaled to sum to pct (the CSV has "
+        "the estimates as logged); grey: L_mean / L_total."
+    )
     n_runs = int(data["n_runs"].max()) if len(data) else 0
     if n_runs > 1:
         note += f" Mean over {n_runs} replicate runs (seeds); the CSV has their min–max."
@@ -203,16 +226,24 @@ def _removed(l_max: int) -> dict[str, tuple[int, ...]]:
     from equivrepro.metrics.spectral import removed_degrees
     from equivrepro.rotations import icosahedral_group, octahedral_group
 
-    return {"cube group (24)": removed_degrees(octahedral_group(), l_max),
-            "icosahedral group (60)": removed_degrees(icosahedral_group(), l_max)}
+    return {
+        "cube group (24)": removed_degrees(octahedral_group(), l_max),
+        "icosahedral group (60)": removed_degrees(icosahedral_group(), l_max),
+    }
 
 
 def _degree_list(text: Sequence[int]) -> str:
     return ", ".join(str(d) for d in text) if text else "none"
 
 
-def final_spectrum(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, suffixes: Sequence[str] | str | None = None,
-                   smoothing: float | None = None) -> pd.DataFrame:
+def final_spectrum(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    suffixes: Sequence[str] | str | None = None,
+    smoothing: float | None = None,
+) -> pd.DataFrame:
     """Bars of E_l / L_equiv (%) at each run's last evaluation, l = 1..l_max, and the remainder, with standard errors
     (per-sample, delta method not applied to L_equiv); markers show the degrees a finite twirl removes exactly.
     ``smoothing`` is accepted for a task card's figure defaults and ignored: one evaluation is drawn, unsmoothed."""
@@ -255,8 +286,16 @@ def final_spectrum(table: pd.DataFrame, stem: str | Path, *, term: str | None = 
         removed = _removed(degs[-1])
         for row, (name, mark) in enumerate(zip(removed, ("v", "s"))):
             xs = [j for j, d in enumerate(degs) if d in removed[name]]
-            ax.plot(xs, [1.0 - 0.05 * (row + 1)] * len(xs), ls="none", marker=mark, ms=4, color=("tab:red", "tab:blue")[row],
-                    transform=ax.get_xaxis_transform(), label=f"removed by the {name}")
+            ax.plot(
+                xs,
+                [1.0 - 0.05 * (row + 1)] * len(xs),
+                ls="none",
+                marker=mark,
+                ms=4,
+                color=("tab:red", "tab:blue")[row],
+                transform=ax.get_xaxis_transform(),
+                label=f"removed by the {name}",
+            )
         if i % min(len(chosen), 4) == 0:
             ax.set_ylabel(f"Share of held-out $L_\\mathrm{{equiv}}$ (%)\nloss term '{term}'")
         step = int(data["step"].max())
@@ -265,17 +304,26 @@ def final_spectrum(table: pd.DataFrame, stem: str | Path, *, term: str | None = 
     axes[0].legend(loc="best", fontsize=7)
     fig.suptitle(f"{task_title(task)}: degree spectrum of the equivariance error at the end of training")
     rm = _removed(l_max_all)
-    note = ("Bars: E_l / L_equiv from the last evaluation (L_equiv = Σ_l E_l + remainder; '>l_max': the remainder); error bars: ± one "
-            "standard error over held-out samples. A finite twirl removes exactly the degrees without invariant vectors: "
-            + "; ".join(f"{n}: l = {_degree_list(d)}" for n, d in rm.items()) + ".")
+    note = (
+        "Bars: E_l / L_equiv from the last evaluation (L_equiv = Σ_l E_l + remainder; '>l_max': the remainder); error bars: ± one "
+        "standard error over held-out samples. A finite twirl removes exactly the degrees without invariant vectors: "
+        + "; ".join(f"{n}: l = {_degree_list(d)}" for n, d in rm.items())
+        + "."
+    )
     return _save(fig, pd.concat(parts, ignore_index=True), stem, note)
 
 
 # ----------------------------------------------------------------------------------------------------
 # (c) the angle curve
 # ----------------------------------------------------------------------------------------------------
-def angle_curve(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, suffixes: Sequence[str] | str | None = None,
-                smoothing: float | None = None) -> pd.DataFrame:
+def angle_curve(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    suffixes: Sequence[str] | str | None = None,
+    smoothing: float | None = None,
+) -> pd.DataFrame:
     """The error against rotation angle at the end of training: measured (points, ± standard error), predicted from
     the degree spectrum (line, band ± standard error) and the prediction's upper bound for degrees above l_max.
     ``smoothing``: accepted for a task card's figure defaults and ignored (one evaluation)."""
@@ -283,8 +331,11 @@ def angle_curve(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
     task = str(_one(table, "task", what))
     _check_replicates(table, None, what)
     term = resolve_term(table, term)
-    found = [k for k in _family_keys(table, keys.ANGLE, term, what, " (the angle curve is logged at the last evaluation of a finished run)")
-             if keys.angle_of(k) is not None]
+    found = [
+        k
+        for k in _family_keys(table, keys.ANGLE, term, what, " (the angle curve is logged at the last evaluation of a finished run)")
+        if keys.angle_of(k) is not None
+    ]
     chosen = _suffixes(found, suffixes, what)
     fig, axes = new_figure(len(chosen), ncols=min(len(chosen), 4), panel_size=(4.4, 3.4))
     parts = []
@@ -305,10 +356,11 @@ def angle_curve(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
                     v, se = _pool(vals, ses)
                     rows.append(_row(_panel_name(s, task), series, m, max(steps), v, se, len(vals)))
         data = pd.DataFrame(rows)
-        for series, style in (("predicted", dict(color="tab:blue", lw=1.4, label="predicted from the spectrum")),
-                              ("predicted_upper", dict(color="tab:blue", lw=1.0, ls="--",
-                                                       label="predicted, bound for degrees above l_max")),
-                              ("measured", dict(color="k", ls="none", marker="o", ms=4, label="measured (Haar axis)"))):
+        for series, style in (
+            ("predicted", dict(color="tab:blue", lw=1.4, label="predicted from the spectrum")),
+            ("predicted_upper", dict(color="tab:blue", lw=1.0, ls="--", label="predicted, bound for degrees above l_max")),
+            ("measured", dict(color="k", ls="none", marker="o", ms=4, label="measured (Haar axis)")),
+        ):
             d = data[data["series"] == series] if len(data) else data
             if not len(d):
                 continue
@@ -330,8 +382,10 @@ def angle_curve(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
         parts.append(data)
     axes[0].legend(loc="best", fontsize=7)
     fig.suptitle(f"{task_title(task)}: equivariance error against rotation angle at the end of training")
-    note = ("Prediction: 2 Σ_l E_l (1 − χ_l(ω)/(2l+1)) from the logged spectrum; measurement: h(g) against h(g·r_ω), r_ω a rotation by ω "
-            "about a Haar-random axis, on the same held-out samples. Bars and band: ± one standard error over samples.")
+    note = (
+        "Prediction: 2 Σ_l E_l (1 − χ_l(ω)/(2l+1)) from the logged spectrum; measurement: h(g) against h(g·r_ω), r_ω a rotation by ω "
+        "about a Haar-random axis, on the same held-out samples. Bars and band: ± one standard error over samples."
+    )
     return _save(fig, pd.concat(parts, ignore_index=True), stem, note)
 
 
@@ -355,8 +409,14 @@ def _bin_lower(label: str) -> float | None:
         return None
 
 
-def attribution(table: pd.DataFrame, stem: str | Path, *, term: str | None = None, suffixes: Sequence[str] | str | None = None,
-                smoothing: float | None = None) -> pd.DataFrame:
+def attribution(
+    table: pd.DataFrame,
+    stem: str | Path,
+    *,
+    term: str | None = None,
+    suffixes: Sequence[str] | str | None = None,
+    smoothing: float | None = None,
+) -> pd.DataFrame:
     """Where L_equiv lives inside a sample at the last evaluation: per descriptor (one column each), the share of the
     term's L_equiv in each bin (top, %, ± standard error) and the mean L_equiv per entity in the bin (bottom, loss
     units); one series per evaluation suffix. Categorical bins (elements) are ordered by entity count, continuous ones
@@ -365,13 +425,17 @@ def attribution(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
     task = str(_one(table, "task", what))
     _check_replicates(table, None, what)
     term = resolve_term(table, term)
-    found = [k for k in _family_keys(table, keys.ATTRIBUTION, term, what,
-                                      " (and the task must implement Task.attribution, per-entity descriptors of its outputs)")
-             if keys.attribution_of(k) is not None]
+    found = [
+        k
+        for k in _family_keys(
+            table, keys.ATTRIBUTION, term, what, " (and the task must implement Task.attribution, per-entity descriptors of its outputs)"
+        )
+        if keys.attribution_of(k) is not None
+    ]
     chosen = _suffixes(found, suffixes, what)
     descriptors = list(dict.fromkeys(keys.attribution_of(k).descriptor for k in found))
     fig, axes = new_figure(2 * len(descriptors), ncols=len(descriptors), panel_size=(4.6, 3.0))
-    top, bottom = axes[: len(descriptors)], axes[len(descriptors):]
+    top, bottom = axes[: len(descriptors)], axes[len(descriptors) :]
     colors = series_colors(len(chosen), sequential=len(chosen) > 1) if len(chosen) > 1 else ["tab:red"]
     parts = []
     for j, desc in enumerate(descriptors):
@@ -393,8 +457,10 @@ def attribution(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
                 rows.append(_row(_panel_name(s, task), "share", m_share, step, v, se, len(runs)) | {"bin": b, "suffix": s})
                 pe = [r[m_per] for r in runs if m_per in r]
                 if pe:
-                    rows.append(_row(_panel_name(s, task), "per_entity", m_per, step, float(np.mean(pe)), math.nan, len(pe))
-                                | {"bin": b, "suffix": s})
+                    rows.append(
+                        _row(_panel_name(s, task), "per_entity", m_per, step, float(np.mean(pe)), math.nan, len(pe))
+                        | {"bin": b, "suffix": s}
+                    )
                 counts[b] = counts.get(b, 0.0) + float(np.mean([r.get(m_cnt, 0.0) for r in runs]))
         data = pd.DataFrame(rows)
         order = sorted(bins, key=lambda b: lowers[b]) if continuous else sorted(bins, key=lambda b: (b == "other", -counts.get(b, 0.0)))
@@ -423,6 +489,8 @@ def attribution(table: pd.DataFrame, stem: str | Path, *, term: str | None = Non
         handles, labels = top[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", fontsize=7, title="evaluation")
     fig.suptitle(f"{task_title(task)}: where the equivariance error lives (last evaluation)")
-    note = ("Top: the share of the term's L_equiv carried by the entities in each bin (the bins of one descriptor sum to 100 %), ± one "
-            "standard error over held-out samples; bottom: L_equiv per entity in the bin. From the same K rotations as pct.")
+    note = (
+        "Top: the share of the term's L_equiv carried by the entities in each bin (the bins of one descriptor sum to 100 %), ± one "
+        "standard error over held-out samples; bottom: L_equiv per entity in the bin. From the same K rotations as pct."
+    )
     return _save(fig, pd.concat(parts, ignore_index=True), stem, note)

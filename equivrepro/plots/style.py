@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -14,19 +14,39 @@ import numpy as np  # noqa: E402
 from equivrepro.train.checkpoint import atomic_write  # noqa: E402
 
 __all__ = [
-    "PCT_LABEL", "STEP_LABEL", "LOSS_LABEL", "REFERENCE_PCT", "new_figure", "save_figure",
-    "series_colors", "set_step_axis", "add_reference_line", "plain_log_ticks", "task_title", "task_order",
+    "PCT_LABEL",
+    "STEP_LABEL",
+    "LOSS_LABEL",
+    "REFERENCE_PCT",
+    "new_figure",
+    "save_figure",
+    "series_colors",
+    "set_step_axis",
+    "add_reference_line",
+    "plain_log_ticks",
+    "task_title",
+    "task_order",
 ]
 
 PCT_LABEL = "Percent of held-out loss from equivariance error (%)"
 STEP_LABEL = "Training step"
 LOSS_LABEL = "Held-out loss (task units)"
 REFERENCE_PCT = 2.0  # the paper's "≤ 2 %" threshold, drawn dashed on every pct plot
-plt.rcParams.update({
-    "figure.dpi": 100, "savefig.dpi": 200, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
-    "legend.fontsize": 8, "legend.title_fontsize": 8, "axes.grid": True, "grid.alpha": 0.25, "lines.linewidth": 1.4,
-    "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
-})
+plt.rcParams.update(
+    {
+        "figure.dpi": 100,
+        "savefig.dpi": 200,
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.labelsize": 9,
+        "legend.fontsize": 8,
+        "legend.title_fontsize": 8,
+        "axes.grid": True,
+        "grid.alpha": 0.25,
+        "lines.linewidth": 1.4,
+        "pdf.fonttype": 42,  # embed TrueType: editable text in the PDF
+    }
+)
 
 
 def task_title(task: str) -> str:
@@ -49,8 +69,9 @@ def new_figure(n_panels: int = 1, ncols: int | None = None, panel_size: tuple[fl
     """A figure with ``n_panels`` axes (row-major grid); returns ``(fig, [ax, …])`` with unused axes removed."""
     ncols = ncols or min(n_panels, 3)
     nrows = int(np.ceil(n_panels / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False,
-                             constrained_layout=True, sharey=sharey)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(panel_size[0] * ncols, panel_size[1] * nrows), squeeze=False, constrained_layout=True, sharey=sharey
+    )
     flat = list(axes.ravel())
     for ax in flat[n_panels:]:
         ax.remove()

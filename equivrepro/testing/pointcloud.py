@@ -60,8 +60,12 @@ class PointCloudTask(Task):
 
         pos = batch["pos"]
         mask = torch.ones(pos.shape[:2], dtype=torch.bool, device=pos.device)
-        dist = Descriptor("centroid_distance", centroid_distances(pos.double(), mask), edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, float("inf")),
-                          label="distance from the centroid")
+        dist = Descriptor(
+            "centroid_distance",
+            centroid_distances(pos.double(), mask),
+            edges=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0, float("inf")),
+            label="distance from the centroid",
+        )
         return {"vec": Attribution("point", (dist,), mask=mask)}
 
     def make_baseline(self):

@@ -61,7 +61,7 @@ def _relative_to_paths(node: Any, roots: list[tuple[str, str]]) -> Any:
     if isinstance(node, str):
         for name, root in roots:
             if node == root or node.startswith(root.rstrip("/") + "/"):
-                return "${paths." + name + "}" + node[len(root.rstrip("/")):]
+                return "${paths." + name + "}" + node[len(root.rstrip("/")) :]
     return node
 
 

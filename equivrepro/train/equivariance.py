@@ -36,8 +36,8 @@ Evaluation steps (:func:`evaluation_steps`): step 0, the last step, and either e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,8 +123,10 @@ class EquivarianceCallback:
         self.cube = octahedral_group(dtype=dtype, device=device) if cube_group else None  # "final": at the last evaluation only
         self.baselines = self._fit_baselines(train_dataset, collate, int(baseline_samples), dtype) if train_dataset is not None else {}
         if self.want_floor and not self.baselines:
-            raise ValueError("equivariance.floor=true needs the task's equivariant baseline (task.make_baseline()) and training "
-                             f"data to fit it; {type(task).__name__} has none: set equivariance.floor=false")
+            raise ValueError(
+                "equivariance.floor=true needs the task's equivariant baseline (task.make_baseline()) and training "
+                f"data to fit it; {type(task).__name__} has none: set equivariance.floor=false"
+            )
         self._model_free: dict[str, dict[str, float]] = {}
 
     # --- set-up: baselines fitted on training data only ----------------------------------------------
@@ -167,7 +169,9 @@ class EquivarianceCallback:
                     out[keys.key(keys.EQUIV, term.name, "baseline_total", suffix)] = float(torch.cat(base).double().mean())
             if self.want_floor:
                 primary = self._baseline_for(suffix, self.task.primary_term.name)
-                floor = EquivarianceMetric(self.task, k=self.k, family=keys.FLOOR, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False)
+                floor = EquivarianceMetric(
+                    self.task, k=self.k, family=keys.FLOOR, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False
+                )
                 for batch, rot in zip(batches, rotations):
                     floor.update(primary, batch, rot)
                 for name, v in floor.compute().items():
@@ -181,10 +185,20 @@ class EquivarianceCallback:
     def _grad_wanted(self, suffix: str) -> bool:
         return self.want_grad and (self.grad_suffixes is None or suffix in self.grad_suffixes)
 
-    def _evaluate_suffix(self, model: nn.Module, suffix: str, batches: list[Batch], rotations: list[torch.Tensor],
-                         final: bool = False) -> dict[str, float]:
-        metric = EquivarianceMetric(self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, spectrum_l_max=self.spectrum_l_max,
-                                    bootstrap=self.bootstrap, seed=self.seed, sync=False, attribution=self.want_attribution)
+    def _evaluate_suffix(
+        self, model: nn.Module, suffix: str, batches: list[Batch], rotations: list[torch.Tensor], final: bool = False
+    ) -> dict[str, float]:
+        metric = EquivarianceMetric(
+            self.task,
+            k=self.k,
+            suffix=suffix,
+            chunk_size=self.chunk_size,
+            spectrum_l_max=self.spectrum_l_max,
+            bootstrap=self.bootstrap,
+            seed=self.seed,
+            sync=False,
+            attribution=self.want_attribution,
+        )
         out: dict[str, float] = {}
         n = sum(int(r.shape[0]) for r in rotations)
         if self._grad_wanted(suffix) and (self.grad_samples is None or self.grad_samples >= n):
@@ -195,8 +209,9 @@ class EquivarianceCallback:
                     metric.update(model, batch, rot)
             if self._grad_wanted(suffix):  # on the first grad_samples held-out samples (their own pct beside the ratio)
                 sub_b, sub_r = _first_samples(batches, rotations, self.grad_samples)
-                scratch = EquivarianceMetric(self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False,
-                                             terms=(self.task.primary_term,))
+                scratch = EquivarianceMetric(
+                    self.task, k=self.k, suffix=suffix, chunk_size=self.chunk_size, bootstrap=0, sync=False, terms=(self.task.primary_term,)
+                )
                 out.update(self._update_with_gradients(model, scratch, suffix, sub_b, sub_r))
         out.update(metric.compute())
         if final:
@@ -213,8 +228,16 @@ class EquivarianceCallback:
             if fe is not None and total:
                 out[str(k.with_(quantity="pct_net"))] = (out[str(k.with_(quantity="equiv"))] - fe) / total
         if self.cube is not None and (final or not self.cube_final_only):
-            cube = EquivarianceMetric(self.task, k=self.cube.shape[0], family=keys.CUBE, exact_group=True, suffix=suffix,
-                                      chunk_size=self.chunk_size, bootstrap=0, sync=False)
+            cube = EquivarianceMetric(
+                self.task,
+                k=self.cube.shape[0],
+                family=keys.CUBE,
+                exact_group=True,
+                suffix=suffix,
+                chunk_size=self.chunk_size,
+                bootstrap=0,
+                sync=False,
+            )
             with torch.no_grad():
                 for batch in batches:
                     cube.update(model, batch, self.cube)
@@ -235,8 +258,10 @@ class EquivarianceCallback:
         omegas = torch.tensor(self.angle_degrees, dtype=torch.float64) * (torch.pi / 180)
         gen = torch.Generator().manual_seed(self.seed + 2)
         with torch.no_grad():
-            parts = [angle_curve_measured(model, self.task, batch, omegas, self.angle_rotations, gen, term, chunk_size=self.chunk_size)
-                     for batch in batches]
+            parts = [
+                angle_curve_measured(model, self.task, batch, omegas, self.angle_rotations, gen, term, chunk_size=self.chunk_size)
+                for batch in batches
+            ]
         measured = AngleCurve(omegas, torch.cat([p.per_sample for p in parts]))
         predicted = angle_curve_predicted(spectrum, omegas)
         out: dict[str, float] = {}
@@ -248,16 +273,26 @@ class EquivarianceCallback:
             out[keys.angle_key(term.name, "predicted", deg, suffix, "upper")] = float(predicted.upper[i])
         return out
 
-    def _update_with_gradients(self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch],
-                               rotations: list[torch.Tensor]) -> dict[str, float]:
+    def _update_with_gradients(
+        self, model: nn.Module, metric: EquivarianceMetric, suffix: str, batches: list[Batch], rotations: list[torch.Tensor]
+    ) -> dict[str, float]:
         """Gradient norms of the held-out L_equiv and L_mean of the primary term on the evaluated weights; the same
         forward passes feed ``metric`` (no second pass)."""
-        g = gradient_norms(model, self.task, batches, rotations, chunk_size=self.chunk_size,
-                           on_predictions=lambda z, b, r: metric.update_from_predictions(z, b, r))
+        g = gradient_norms(
+            model,
+            self.task,
+            batches,
+            rotations,
+            chunk_size=self.chunk_size,
+            on_predictions=lambda z, b, r: metric.update_from_predictions(z, b, r),
+        )
         k = keys.MetricKey(keys.EQUIV, self.task.primary_term.name, "equiv_grad_norm", suffix)
-        return {str(k): g["equiv_grad_norm"], str(k.with_(quantity="mean_grad_norm")): g["mean_grad_norm"],
-                str(k.with_(quantity="grad_norm_ratio")): g["grad_norm_ratio"],
-                str(k.with_(quantity="grad_pct")): g["pct"]}  # pct of exactly the samples and weights of the gradients
+        return {
+            str(k): g["equiv_grad_norm"],
+            str(k.with_(quantity="mean_grad_norm")): g["mean_grad_norm"],
+            str(k.with_(quantity="grad_norm_ratio")): g["grad_norm_ratio"],
+            str(k.with_(quantity="grad_pct")): g["pct"],
+        }  # pct of exactly the samples and weights of the gradients
 
     def __call__(self, model: nn.Module, final: bool = False) -> dict[str, float]:
         """All metrics of ``model`` (the EMA weights when EMA is on), in eval mode, then restored. ``final``: the run's

@@ -18,13 +18,25 @@ import io
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from equivrepro.train.checkpoint import atomic_write_text
 
-__all__ = ["ResultsFile", "WandbSink", "Loggers", "read_results", "STEP_METRIC", "DIMENSIONS", "dimension_key", "dimension_of",
-           "sweep_dimensions", "run_group", "run_job_type"]
+__all__ = [
+    "ResultsFile",
+    "WandbSink",
+    "Loggers",
+    "read_results",
+    "STEP_METRIC",
+    "DIMENSIONS",
+    "dimension_key",
+    "dimension_of",
+    "sweep_dimensions",
+    "run_group",
+    "run_job_type",
+]
 
 log = logging.getLogger("equivrepro.train.loggers")
 
@@ -93,8 +105,8 @@ def dimension_key(column: str) -> str:
 
 def dimension_of(config_key: str) -> str | None:
     """The dimension a top-level config key holds (``dim_model_label`` → ``model_label``), else None."""
-    if config_key.startswith(_DIMENSION_PREFIX) and config_key[len(_DIMENSION_PREFIX):] in DIMENSIONS:
-        return config_key[len(_DIMENSION_PREFIX):]
+    if config_key.startswith(_DIMENSION_PREFIX) and config_key[len(_DIMENSION_PREFIX) :] in DIMENSIONS:
+        return config_key[len(_DIMENSION_PREFIX) :]
     return None
 
 
@@ -147,9 +159,22 @@ class WandbSink:
       top-level config keys ``dim_<column>`` (:func:`sweep_dimensions`) next to the resolved config.
     """
 
-    def __init__(self, run_dir: str | Path, run_id: str, name: str, config: dict, project: str, entity: str | None = None,
-                 mode: str = "offline", group: str | None = None, tags: list[str] | None = None, job_type: str | None = None,
-                 *, history: list[tuple[int, str, float]] | None = None, threshold: float | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        run_id: str,
+        name: str,
+        config: dict,
+        project: str,
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        tags: list[str] | None = None,
+        job_type: str | None = None,
+        *,
+        history: list[tuple[int, str, float]] | None = None,
+        threshold: float | None = None,
+    ):
         import wandb
 
         from equivrepro.metrics.headline import THRESHOLD, HeadlineTracker
@@ -167,8 +192,17 @@ class WandbSink:
             dims = {}
         wandb_config = {**config, **dims}
         self.run = wandb.init(
-            project=project, entity=entity, id=run_id, name=name, group=run_group(config, group), tags=tags,
-            job_type=run_job_type(config, job_type), resume="allow", dir=str(run_dir), mode=mode, config=wandb_config,
+            project=project,
+            entity=entity,
+            id=run_id,
+            name=name,
+            group=run_group(config, group),
+            tags=tags,
+            job_type=run_job_type(config, job_type),
+            resume="allow",
+            dir=str(run_dir),
+            mode=mode,
+            config=wandb_config,
             reinit="finish_previous",
         )
         self._defined: set[str] = set()

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,7 +81,7 @@ def _validate(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run described by ``cfg``; returns a summary dict."""
     _validate(cfg)
-    tcfg, ecfg = cfg.trainer, cfg.equivariance
+    tcfg = cfg.trainer
     run_id = run_identity(cfg)
     run = RunDir(run_dir_for(cfg))
     max_steps = int(tcfg.max_steps)
@@ -102,9 +101,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as exc:
         if dist_info.is_main:
             state = run.read_status()
-            run.write_status("failed", int(state.get("step", 0)), **identity, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
-                             checkpoint=str(run.last_checkpoint) if run.last_checkpoint.exists() else None,
-                             **{k: v for k, v in state.items() if k in ("data", "bound")})
+            run.write_status(
+                "failed",
+                int(state.get("step", 0)),
+                **identity,
+                error=f"{type(exc).__name__}: {exc}",
+                error_type=type(exc).__name__,
+                checkpoint=str(run.last_checkpoint) if run.last_checkpoint.exists() else None,
+                **{k: v for k, v in state.items() if k in ("data", "bound")},
+            )
         raise
 
 
@@ -160,19 +165,43 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
         run.write_config(config_dict)
         sinks: list[Any] = [ResultsFile(run.path, resume_step=start_step if ckpt_path.exists() else None)]
         if cfg.logger.get("enabled", False):
-            sinks.append(WandbSink(run.path, run_id, f"{cfg.name}-{run_id}", config_dict, project=cfg.logger.project, entity=cfg.logger.get("entity"),
-                                   mode=cfg.logger.mode, group=cfg.logger.get("group"), tags=list(cfg.logger.get("tags") or [])))
+            sinks.append(
+                WandbSink(
+                    run.path,
+                    run_id,
+                    f"{cfg.name}-{run_id}",
+                    config_dict,
+                    project=cfg.logger.project,
+                    entity=cfg.logger.get("entity"),
+                    mode=cfg.logger.mode,
+                    group=cfg.logger.get("group"),
+                    tags=list(cfg.logger.get("tags") or []),
+                )
+            )
         loggers = Loggers(sinks)
         status("running", start_step)
         if ecfg.every or ecfg.get("log_points"):
             callback = EquivarianceCallback(
-                task, datamodule.heldout_dataset, datamodule.collate, device,
-                num_samples=ecfg.num_samples, k=ecfg.k, batch_size=ecfg.batch_size, chunk_size=ecfg.chunk_size,
-                seed=ecfg.seed, grad_norms=ecfg.grad_norms, grad_suffixes=ecfg.get("grad_suffixes"), grad_samples=ecfg.get("grad_samples"),
-                cube_group=ecfg.cube_group, angle_rotations=int(ecfg.get("angle_rotations", 2)),
+                task,
+                datamodule.heldout_dataset,
+                datamodule.collate,
+                device,
+                num_samples=ecfg.num_samples,
+                k=ecfg.k,
+                batch_size=ecfg.batch_size,
+                chunk_size=ecfg.chunk_size,
+                seed=ecfg.seed,
+                grad_norms=ecfg.grad_norms,
+                grad_suffixes=ecfg.get("grad_suffixes"),
+                grad_samples=ecfg.get("grad_samples"),
+                cube_group=ecfg.cube_group,
+                angle_rotations=int(ecfg.get("angle_rotations", 2)),
                 angle_degrees=tuple(ecfg.get("angle_degrees") or (15, 30, 60, 90, 120, 180)),
-                floor=ecfg.floor, linear_head=ecfg.get("linear_head"), spectrum_l_max=ecfg.get("spectrum_l_max"),
-                bootstrap=int(ecfg.get("bootstrap", 1000)), train_dataset=datamodule.train_dataset,
+                floor=ecfg.floor,
+                linear_head=ecfg.get("linear_head"),
+                spectrum_l_max=ecfg.get("spectrum_l_max"),
+                bootstrap=int(ecfg.get("bootstrap", 1000)),
+                train_dataset=datamodule.train_dataset,
                 baseline_samples=int(ecfg.get("baseline_samples", 64)),
             )
     eval_at = evaluation_steps(max_steps, int(ecfg.every or 0), int(ecfg.get("log_points") or 0)) if callback is not None else set()
@@ -181,8 +210,12 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
     if dist_info.enabled:
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     pin = (device.type == "cuda") if str(tcfg.pin_memory) == "auto" else bool(tcfg.pin_memory)
-    sampler = StepBatchSampler(len(datamodule.train_dataset), int(tcfg.batch_size), int(cfg.seed), start_step, max_steps, dist_info.rank, dist_info.world_size)
-    loader = DataLoader(datamodule.train_dataset, batch_sampler=sampler, collate_fn=datamodule.collate, num_workers=int(tcfg.num_workers), pin_memory=pin)
+    sampler = StepBatchSampler(
+        len(datamodule.train_dataset), int(tcfg.batch_size), int(cfg.seed), start_step, max_steps, dist_info.rank, dist_info.world_size
+    )
+    loader = DataLoader(
+        datamodule.train_dataset, batch_sampler=sampler, collate_fn=datamodule.collate, num_workers=int(tcfg.num_workers), pin_memory=pin
+    )
     eval_seconds = 0.0
 
     def evaluate(step: int) -> dict[str, float]:
@@ -198,21 +231,31 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
         return metrics
 
     def weights(step: int) -> dict[str, Any]:
-        return {"step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "config": config_dict, "run_id": run_id, "statistics": statistics}
+        return {
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "config": config_dict,
+            "run_id": run_id,
+            "statistics": statistics,
+        }
 
     def checkpoint(step: int) -> None:
         if dist_info.is_main:
-            save_checkpoint(ckpt_path, {**weights(step), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+            save_checkpoint(
+                ckpt_path,
+                {**weights(step), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+            )
             status("running", step)
         barrier(dist_info)
 
     if dist_info.is_main and tcfg.get("profile_compute", True):
         # parameters, FLOPs and seconds per step and per inference, so any two runs share a compute axis
         # (restores the model, its gradients and the RNG: the run is unchanged)
-        first = to_device(datamodule.collate([datamodule.train_dataset[i] for i in range(min(int(tcfg.batch_size), len(datamodule.train_dataset)))]),
-                          device)
+        first = to_device(
+            datamodule.collate([datamodule.train_dataset[i] for i in range(min(int(tcfg.batch_size), len(datamodule.train_dataset)))]),
+            device,
+        )
         profile = profile_compute(task, model, first, autocast=lambda: _autocast(device, precision), flop_steps=4)
         loggers.log(start_step, profile.metrics())
 
@@ -220,7 +263,9 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
     last: dict[str, float] = {}
     if start_step == 0 and 0 in eval_at:
         last = evaluate(0)
-    bar = tqdm(total=max_steps, initial=start_step, disable=not (tcfg.progress_bar and dist_info.is_main), desc=run.name, dynamic_ncols=True)
+    bar = tqdm(
+        total=max_steps, initial=start_step, disable=not (tcfg.progress_bar and dist_info.is_main), desc=run.name, dynamic_ncols=True
+    )
     t_last, clip = time.perf_counter(), tcfg.grad_clip
     step = start_step
     headline = keys.key(keys.EQUIV, task.primary_term.name, "pct")
@@ -238,10 +283,14 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
             with _autocast(device, precision):
                 loss, logs = task.training_loss(train_model, batch, gen)
             if not torch.isfinite(loss.detach()):
-                saved = (f"the last checkpoint on disk is {ckpt_path} (step {load_checkpoint(ckpt_path)['step']}), unchanged"
-                         if ckpt_path.exists() else "no checkpoint had been written yet")
-                raise NonFiniteLossError(f"non-finite training loss ({float(loss.detach())}) at step {step} of run {run.path}; "
-                                         f"{saved}. Loss parts: {logs}")
+                saved = (
+                    f"the last checkpoint on disk is {ckpt_path} (step {load_checkpoint(ckpt_path)['step']}), unchanged"
+                    if ckpt_path.exists()
+                    else "no checkpoint had been written yet"
+                )
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({float(loss.detach())}) at step {step} of run {run.path}; {saved}. Loss parts: {logs}"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             grad_norm = float("nan")
@@ -256,8 +305,11 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
             bar.update(1)
             if dist_info.is_main and (step % int(tcfg.log_every) == 0 or step == max_steps):
                 now = time.perf_counter()
-                row = {keys.scalar_key(keys.TRAIN, "loss"): float(loss.detach()), keys.scalar_key(keys.TRAIN, "lr"): optimizer.param_groups[0]["lr"],
-                       keys.scalar_key(keys.TRAIN, "grad_norm"): grad_norm}
+                row = {
+                    keys.scalar_key(keys.TRAIN, "loss"): float(loss.detach()),
+                    keys.scalar_key(keys.TRAIN, "lr"): optimizer.param_groups[0]["lr"],
+                    keys.scalar_key(keys.TRAIN, "grad_norm"): grad_norm,
+                }
                 row.update({keys.scalar_key(keys.TRAIN, k): float(v) for k, v in logs.items()})
                 row[keys.scalar_key(keys.TIME, "step_s")] = (now - t_last) / int(tcfg.log_every)
                 t_last = now
@@ -285,13 +337,18 @@ def _train(cfg: DictConfig, run: RunDir, run_id: str, identity: dict, dist_info,
         share = eval_seconds / wall if wall > 0 else float("nan")
         if dist_info.is_main:
             loggers.log(step, {keys.scalar_key(keys.TIME, "wall_s"): wall, keys.scalar_key(keys.TIME, "equivariance_share"): share})
-            log.info("%s: %d steps in %.0f s this session, of which equivariance evaluations %.0f s (%.1f %%)", run.name,
-                     step - start_step, wall, eval_seconds, 100 * share)
+            log.info(
+                "%s: %d steps in %.0f s this session, of which equivariance evaluations %.0f s (%.1f %%)",
+                run.name,
+                step - start_step,
+                wall,
+                eval_seconds,
+                100 * share,
+            )
     finally:
         guard.__exit__()
         bar.close()
         loggers.close()
     status("finished", step, wall_s=wall, equivariance_eval_s=eval_seconds, equivariance_share=share)
     barrier(dist_info)
-    return {"run_dir": str(run.path), "run_id": run_id, "skipped": False, "step": step, "metrics": last,
-            "equivariance_share": share}
+    return {"run_dir": str(run.path), "run_id": run_id, "skipped": False, "step": step, "metrics": last, "equivariance_share": share}

@@ -33,7 +33,7 @@ class PreemptionGuard:
         self.pending: tuple[int, Any] | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         if threading.current_thread() is threading.main_thread():
             for sig in _signals():
                 self._previous[sig] = signal.signal(sig, self._record)

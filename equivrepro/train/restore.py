@@ -32,8 +32,13 @@ class RestoredRun:
         return RunDir(self.run_dir)
 
 
-def load_run(run_dir: str | Path, weights: str = "ema", device: str | torch.device = "cpu", setup_data: bool = True,
-             checkpoint: str | Path | int | None = None) -> RestoredRun:
+def load_run(
+    run_dir: str | Path,
+    weights: str = "ema",
+    device: str | torch.device = "cpu",
+    setup_data: bool = True,
+    checkpoint: str | Path | int | None = None,
+) -> RestoredRun:
     """``weights='ema'`` loads the EMA weights when the run kept them (else the raw ones), ``'model'`` the raw ones.
 
     ``checkpoint``: ``None`` (``last.pt``), a step (its snapshot, :meth:`RunDir.snapshot`) or a file of the run

@@ -8,7 +8,7 @@ loader state to save. Under DDP each rank takes its contiguous slice of the glob
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -17,7 +17,9 @@ __all__ = ["StepBatchSampler"]
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, max_steps: int | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start_step: int = 0, max_steps: int | None = None, rank: int = 0, world_size: int = 1
+    ):
         if n < 1:
             raise ValueError("cannot sample batches from an empty training set")
         self.n, self.batch_size, self.seed = n, int(batch_size), int(seed)

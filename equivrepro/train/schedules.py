@@ -14,7 +14,9 @@ import torch
 __all__ = ["lr_factor", "build_scheduler"]
 
 
-def lr_factor(step: int, name: str, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 1.0, min_factor: float = 0.0) -> float:
+def lr_factor(
+    step: int, name: str, total_steps: int, warmup_steps: int = 0, warmup_start_factor: float = 1.0, min_factor: float = 0.0
+) -> float:
     """The LR multiplier at optimizer step ``step`` (0-based)."""
     if name == "constant":
         return 1.0

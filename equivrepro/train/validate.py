@@ -7,7 +7,8 @@ objects they build (they know their own ranges); this module owns ``trainer.*`` 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from equivrepro.errors import ConfigError
 
@@ -23,11 +24,13 @@ def _int(lo: int | None = None, nullable: bool = False) -> Callable[[Any], str |
         if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
             return f"an integer{f' ≥ {lo}' if lo is not None else ''}{' or null' if nullable else ''}"
         return None
+
     return check
 
 
-def _float(lo: float | None = None, hi: float | None = None, open_lo: bool = False, open_hi: bool = False,
-           nullable: bool = False) -> Callable[[Any], str | None]:
+def _float(
+    lo: float | None = None, hi: float | None = None, open_lo: bool = False, open_hi: bool = False, nullable: bool = False
+) -> Callable[[Any], str | None]:
     def describe() -> str:
         parts = []
         if lo is not None:
@@ -47,6 +50,7 @@ def _float(lo: float | None = None, hi: float | None = None, open_lo: bool = Fal
         if hi is not None and (v > hi or (open_hi and v == hi)):
             return describe()
         return None
+
     return check
 
 
@@ -66,17 +70,37 @@ def _str_list_or_null(v: Any) -> str | None:
 
 _RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "trainer": {
-        "max_steps": _int(1), "batch_size": _int(1), "grad_clip": _float(0, open_lo=True, nullable=True),
-        "ema_decay": _float(0, 1, open_lo=True, open_hi=True, nullable=True), "augment": _bool, "precision": _choice(PRECISIONS),
-        "num_workers": _int(0), "log_every": _int(1), "checkpoint_every": _int(1), "progress_bar": _bool, "deterministic": _bool,
-        "interrupt_after_step": _int(1, nullable=True), "profile_compute": _bool,
+        "max_steps": _int(1),
+        "batch_size": _int(1),
+        "grad_clip": _float(0, open_lo=True, nullable=True),
+        "ema_decay": _float(0, 1, open_lo=True, open_hi=True, nullable=True),
+        "augment": _bool,
+        "precision": _choice(PRECISIONS),
+        "num_workers": _int(0),
+        "log_every": _int(1),
+        "checkpoint_every": _int(1),
+        "progress_bar": _bool,
+        "deterministic": _bool,
+        "interrupt_after_step": _int(1, nullable=True),
+        "profile_compute": _bool,
     },
     "equivariance": {
-        "every": _int(0), "log_points": _int(0), "num_samples": _int(1), "k": _int(2), "chunk_size": _int(1, nullable=True),
-        "batch_size": _int(1), "seed": _int(0), "grad_norms": _bool, "floor": _bool,
+        "every": _int(0),
+        "log_points": _int(0),
+        "num_samples": _int(1),
+        "k": _int(2),
+        "chunk_size": _int(1, nullable=True),
+        "batch_size": _int(1),
+        "seed": _int(0),
+        "grad_norms": _bool,
+        "floor": _bool,
         "cube_group": lambda v: None if v in (True, False, "final") else "true, false or 'final'",
-        "grad_samples": _int(1, nullable=True), "angle_rotations": _int(0),
-        "spectrum_l_max": _int(1, nullable=True), "bootstrap": _int(0), "baseline_samples": _int(0), "grad_suffixes": _str_list_or_null,
+        "grad_samples": _int(1, nullable=True),
+        "angle_rotations": _int(0),
+        "spectrum_l_max": _int(1, nullable=True),
+        "bootstrap": _int(0),
+        "baseline_samples": _int(0),
+        "grad_suffixes": _str_list_or_null,
     },
 }
 
@@ -98,7 +122,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if eq is not None and eq.get("spectrum_l_max") is not None and isinstance(eq.get("k"), int) and eq["k"] < 3:
         problems.append(f"equivariance.k must be ≥ 3 when equivariance.spectrum_l_max is set (leave-two-out centring), got {eq['k']}")
     snaps = cfg.get("trainer", {}).get("snapshot_steps") if hasattr(cfg, "get") else None
-    if snaps is not None and (not isinstance(snaps, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in snaps)):
+    if snaps is not None and (
+        not isinstance(snaps, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in snaps)
+    ):
         problems.append(f"trainer.snapshot_steps must be a list of integers ≥ 1, got {snaps!r}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))

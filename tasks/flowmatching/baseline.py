@@ -13,7 +13,6 @@ import torch
 
 from equivrepro.metrics.baselines import LinearBaseline
 from equivrepro.task import Batch
-
 from tasks.flowmatching.flow import interpolate
 
 __all__ = ["noisy_sample_feature", "make_velocity_baseline"]

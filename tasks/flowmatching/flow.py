@@ -19,8 +19,8 @@ seed gives the same noise and times on every device and dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ __all__ = [
 VelocityFn = Callable[..., torch.Tensor]
 
 
-def centered_gaussian_noise(mask: torch.Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def centered_gaussian_noise(
+    mask: torch.Tensor, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """``x0 (B, N, 3)`` nm: standard normal per coordinate, zero on padding, centred over ``mask (B, N)``."""
     z = torch.randn(tuple(mask.shape) + (3,), generator=generator, dtype=torch.float64)
     return center_points(z, mask.cpu()).to(dtype=dtype, device=mask.device)
@@ -168,7 +170,9 @@ def euler_sample(
     return x
 
 
-def write_ca_pdb(path: str | Path, ca_nm: torch.Tensor, mask: torch.Tensor | None = None, chain: str = "A", residue_name: str = "ALA") -> Path:
+def write_ca_pdb(
+    path: str | Path, ca_nm: torch.Tensor, mask: torch.Tensor | None = None, chain: str = "A", residue_name: str = "ALA"
+) -> Path:
     """Write a Cα-only backbone ``ca_nm (N, 3)`` (nm) as a PDB file in Å, atomically.
 
     Masked-out rows are skipped; residues are numbered 1.. in order, with CONECT-free ATOM records

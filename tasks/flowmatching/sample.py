@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     written: list[Path] = []
     for length in args.lengths:
         mask = torch.ones(args.num, length, dtype=torch.bool, device=device)
-        x = euler_sample(model, mask, steps=args.steps, self_conditioning=args.self_conditioning, generator=gen, schedule=args.schedule, dtype=dtype)
+        x = euler_sample(
+            model, mask, steps=args.steps, self_conditioning=args.self_conditioning, generator=gen, schedule=args.schedule, dtype=dtype
+        )
         for i in range(args.num):
             path = write_ca_pdb(out_dir / f"sample_{len(written):03d}_len{length}.pdb", x[i])
             ca_ca = (x[i, 1:] - x[i, :-1]).norm(dim=-1).mean() * 10.0

@@ -27,14 +27,13 @@ back as ``x_sc``. In :meth:`predict` the same two passes run when ``eval_self_co
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
 from equivrepro.rotations import center_points, rotate_points
 from equivrepro.task import Batch, LossTerm, Prediction, Task
-
 from tasks.flowmatching.flow import (
     centered_gaussian_noise,
     interpolate,
@@ -147,10 +146,15 @@ class FlowMatchingTask(Task):
         mask = batch["mask"].bool()
         rank = mask.long().cumsum(1) - 1
         n = mask.sum(1, keepdim=True).clamp_min(2) - 1
-        position = Descriptor("sequence_position", (rank.double() / n.double()) * mask, edges=self.POSITION_EDGES,
-                              label="position along the chain (fraction)")
-        dist = Descriptor("centroid_distance_nm", centroid_distances(batch["x1"].double(), mask), edges=self.CENTROID_EDGES_NM,
-                          label="distance from the centroid (nm)")
+        position = Descriptor(
+            "sequence_position", (rank.double() / n.double()) * mask, edges=self.POSITION_EDGES, label="position along the chain (fraction)"
+        )
+        dist = Descriptor(
+            "centroid_distance_nm",
+            centroid_distances(batch["x1"].double(), mask),
+            edges=self.CENTROID_EDGES_NM,
+            label="distance from the centroid (nm)",
+        )
         return {"v": Attribution("residue", (position, dist), mask=mask)}
 
     def make_baseline(self):
@@ -168,7 +172,10 @@ class FlowMatchingTask(Task):
         b = x1.shape[0]
         x0 = centered_gaussian_noise(mask, generator, dtype=x1.dtype)
         t = sample_flow_times(b, generator, self.t_beta, self.t_uniform_fraction, dtype=x1.dtype, device=x1.device)
-        use_sc = self.self_conditioning_prob > 0 and float(torch.rand((), generator=generator, dtype=torch.float64)) < self.self_conditioning_prob
+        use_sc = (
+            self.self_conditioning_prob > 0
+            and float(torch.rand((), generator=generator, dtype=torch.float64)) < self.self_conditioning_prob
+        )
         x_t = interpolate(x0, x1, t)
         x_sc = None
         if use_sc:
@@ -180,7 +187,12 @@ class FlowMatchingTask(Task):
         loss = per_sample.mean()
         with torch.no_grad():
             mse = masked_mse(v_pred, v, mask).mean()
-        return loss, {"loss": float(loss.detach()), "velocity_mse": float(mse), "self_conditioning": float(use_sc), "t_mean": float(t.mean())}
+        return loss, {
+            "loss": float(loss.detach()),
+            "velocity_mse": float(mse),
+            "self_conditioning": float(use_sc),
+            "t_mean": float(t.mean()),
+        }
 
     def evaluation_batches(self, batch: Batch, generator: torch.Generator) -> Mapping[str, Batch]:
         """One batch per fixed flow time (keys ``t=0``, ``t=0.2``, …) sharing one frozen noise draw ``x0``."""

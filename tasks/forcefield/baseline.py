@@ -26,7 +26,7 @@ Parameter layout (P = 2·n_pairs·n_basis + n_elements): ``[θ^F (pair-major) | 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

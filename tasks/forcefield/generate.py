@@ -258,9 +258,10 @@ def _labelled(cfg: GeneratorConfig, candidates: list[tuple[str, str]], counts: C
 
 def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
     """Write the embedded SPICE-format file to ``out`` (atomically) and return its summary counts."""
+    from importlib.metadata import version
+
     import h5py
     import rdkit
-    from importlib.metadata import version
 
     t0 = time.perf_counter()
     counts: Counter = Counter({"embed_failed": 0, "no_mmff_parameters": 0})  # reported even when 0
@@ -315,9 +316,7 @@ def generate(out: str | os.PathLike, cfg: GeneratorConfig) -> dict:
                 f.attrs[f"count_{key}"] = int(value)
             f.attrs["element_reference_Z"] = ref_z
             f.attrs["element_reference_energy_eV"] = ref_e
-            f.attrs["element_reference_method"] = (
-                "least-squares fit E_total(eV) ≈ Σ_atoms e_Z over every GFN2-xTB conformer in this file"
-            )
+            f.attrs["element_reference_method"] = "least-squares fit E_total(eV) ≈ Σ_atoms e_Z over every GFN2-xTB conformer in this file"
             f.attrs["energy_mean_eV"] = float(resid_arr.mean())
             f.attrs["energy_std_eV"] = float(resid_arr.std())
             f.attrs["force_rms_eV_per_A"] = float(np.sqrt(force_sq / max(n_force, 1)))
@@ -369,8 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = GeneratorConfig(
-        seed=args.seed, n_molecules=args.n_molecules, n_conformers=args.n_conformers, noise=args.noise,
-        min_heavy_atoms=args.min_heavy_atoms, max_heavy_atoms=args.max_heavy_atoms, workers=args.workers,
+        seed=args.seed,
+        n_molecules=args.n_molecules,
+        n_conformers=args.n_conformers,
+        noise=args.noise,
+        min_heavy_atoms=args.min_heavy_atoms,
+        max_heavy_atoms=args.max_heavy_atoms,
+        workers=args.workers,
     )
     summary = generate(args.out, cfg)
     print(

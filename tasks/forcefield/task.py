@@ -74,8 +74,14 @@ class ForceFieldTask(Task):
         LossTerm("energy", energy_se, quadratic=True),
     )
 
-    def __init__(self, energy_mean: float | None = None, energy_std: float | None = None, force_std: float | None = None,
-                 energy_coef: float = 4.0, force_coef: float = 100.0):
+    def __init__(
+        self,
+        energy_mean: float | None = None,
+        energy_std: float | None = None,
+        force_std: float | None = None,
+        energy_coef: float = 4.0,
+        force_coef: float = 100.0,
+    ):
         for name, v in (("task.energy_std", energy_std), ("task.force_std", force_std)):
             if v is not None and not float(v) > 0:
                 raise ValueError(f"{name} must be positive or null (from the data), got {v}")
@@ -91,15 +97,20 @@ class ForceFieldTask(Task):
         """Unset normalisers ← the training split's ``energy_mean``, ``energy_std`` [eV] and ``force_rms`` [eV/Å];
         explicit ones are kept and compared: one further than :attr:`MISMATCH_FACTOR` from the data's value is
         returned under ``mismatch`` (the harness logs it and writes it to ``status.json``)."""
-        from_data = {"energy_mean": statistics.get("energy_mean"), "energy_std": statistics.get("energy_std"),
-                     "force_std": statistics.get("force_rms")}
+        from_data = {
+            "energy_mean": statistics.get("energy_mean"),
+            "energy_std": statistics.get("energy_std"),
+            "force_std": statistics.get("force_rms"),
+        }
         record: dict[str, object] = {"normalisers": {}, "from_data": [], "mismatch": {}}
         for name, explicit in self._explicit.items():
             data_value = from_data[name]
             if explicit is None:
                 if data_value is None:
-                    raise ValueError(f"task.{name} is null (take it from the data) but the data module reports no "
-                                     f"{name if name != 'force_std' else 'force_rms'}: set task.{name} explicitly")
+                    raise ValueError(
+                        f"task.{name} is null (take it from the data) but the data module reports no "
+                        f"{name if name != 'force_std' else 'force_rms'}: set task.{name} explicitly"
+                    )
                 if name != "energy_mean" and not float(data_value) > 0:
                     raise ValueError(f"the training split's {name} is {data_value}: cannot normalise by it; set task.{name}")
                 setattr(self, name, float(data_value))
@@ -170,8 +181,12 @@ class ForceFieldTask(Task):
         from equivrepro.metrics.attribution import Attribution, Descriptor, centroid_distances, element_descriptor
 
         mask = batch["mask"]
-        dist = Descriptor("centroid_distance_A", centroid_distances(batch["pos"].double(), mask), edges=self.CENTROID_EDGES_A,
-                          label="distance from the centroid (Å)")
+        dist = Descriptor(
+            "centroid_distance_A",
+            centroid_distances(batch["pos"].double(), mask),
+            edges=self.CENTROID_EDGES_A,
+            label="distance from the centroid (Å)",
+        )
         return {"forces": Attribution("atom", (element_descriptor(batch["z"]), dist), mask=mask)}
 
     def make_baseline(self):

@@ -46,7 +46,7 @@ feature tensor of a batch; prediction also goes sample by sample.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -81,9 +81,16 @@ class IsotropicFilterBaseline(LinearBaseline):
         ridge: per-parameter ridge of the least-squares fit.
     """
 
-    def __init__(self, task, widths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0), cross_channel: bool = True,
-                 thresholds: Sequence[float] = (), ramp_widths: tuple[float, float] = (1.0, 0.7), ridge: float = 1e-8,
-                 name: str | None = None):
+    def __init__(
+        self,
+        task,
+        widths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+        cross_channel: bool = True,
+        thresholds: Sequence[float] = (),
+        ramp_widths: tuple[float, float] = (1.0, 0.7),
+        ridge: float = 1e-8,
+        name: str | None = None,
+    ):
         self.widths = tuple(float(w) for w in widths)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.ramp_widths = (float(ramp_widths[0]), float(ramp_widths[1]))
@@ -193,8 +200,13 @@ class IsotropicFilterBaseline(LinearBaseline):
 
     # --- storage ----------------------------------------------------------------------------------------
     def extra_state(self) -> dict:
-        return {"widths": list(self.widths), "thresholds": list(self.thresholds), "ramp_widths": list(self.ramp_widths),
-                "cross_channel": self.cross_channel, "n_channels": self.n_channels}
+        return {
+            "widths": list(self.widths),
+            "thresholds": list(self.thresholds),
+            "ramp_widths": list(self.ramp_widths),
+            "cross_channel": self.cross_channel,
+            "n_channels": self.n_channels,
+        }
 
     def load_extra_state(self, state: Mapping) -> None:
         for key in ("widths", "thresholds", "ramp_widths", "cross_channel", "n_channels"):

@@ -66,7 +66,8 @@ grid ``y = x + σ ε`` itself with ``O(R)`` and never re-voxelises the clean ato
 precomputed ``noisy (B, C, L, L, L)`` grid whenever the batch carries one.
 
 Terms: ``denoise_ball`` (headline) and ``denoise`` — per-sample sum over the voxels of the inscribed ball / of the
-whole box, and over channels, of (x̂ − x)² (quadratic → exact U-statistics). Null predictor (``null_predictor``): ``'zeros'`` (default; the empty grid, loss = Σ x²,
+whole box, and over channels, of (x̂ − x)² (quadratic → exact U-statistics). Null predictor (``null_predictor``):
+``'zeros'`` (default; the empty grid, loss = Σ x²,
 the bar a useful denoiser must clear) or ``'noisy_input'`` (the identity denoiser, loss = σ²‖ε‖²).
 """
 
@@ -128,9 +129,21 @@ class VoxelDenoisingTask(Task):
 
     name = "voxels"
 
-    def __init__(self, n_channels: int = 8, grid_size: int = 64, resolution: float = 0.25, radius: float = 0.5, window: int = 5,
-                 sigma: float = 0.9, shift: float = 0.5, reduction: str = "sum", noise_rotation: str = "fft",
-                 output_rotation: str = "bilinear", null_predictor: str = "zeros", baseline: str = "isotropic_filter"):
+    def __init__(
+        self,
+        n_channels: int = 8,
+        grid_size: int = 64,
+        resolution: float = 0.25,
+        radius: float = 0.5,
+        window: int = 5,
+        sigma: float = 0.9,
+        shift: float = 0.5,
+        reduction: str = "sum",
+        noise_rotation: str = "fft",
+        output_rotation: str = "bilinear",
+        null_predictor: str = "zeros",
+        baseline: str = "isotropic_filter",
+    ):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
         for key, mode in (("noise_rotation", noise_rotation), ("output_rotation", output_rotation)):
@@ -142,8 +155,9 @@ class VoxelDenoisingTask(Task):
             raise ValueError(f"null_predictor must be 'zeros' or 'noisy_input', got {null_predictor!r}")
         if sigma <= 0:
             raise ValueError(f"sigma must be positive, got {sigma}")
-        self.voxelizer = Voxelizer(n_channels=int(n_channels), grid_size=int(grid_size), resolution=float(resolution),
-                                   radius=float(radius), window=int(window))
+        self.voxelizer = Voxelizer(
+            n_channels=int(n_channels), grid_size=int(grid_size), resolution=float(resolution), radius=float(radius), window=int(window)
+        )
         self.sigma, self.shift = float(sigma), float(shift)
         self.reduction, self.null_predictor = reduction, null_predictor
         self.noise_rotation, self.output_rotation = noise_rotation, output_rotation
@@ -251,8 +265,9 @@ class VoxelDenoisingTask(Task):
         width = 0.5 if v.grid_size * v.resolution <= 10.0 else 1.0
         edges = tuple(width * i for i in range(int(math.ceil(float(d.max()) / width + 1e-9)) + 1))
         first = next(t for t in batch.values() if torch.is_tensor(t))
-        dist = Descriptor("centre_distance_A", d.to(first.device).expand(first.shape[0], -1), edges=edges,
-                          label="distance from the grid centre (Å)")
+        dist = Descriptor(
+            "centre_distance_A", d.to(first.device).expand(first.shape[0], -1), edges=edges, label="distance from the grid centre (Å)"
+        )
         return {"grid": Attribution("voxel", (dist,), group=_sum_channels)}
 
     def null_prediction(self, batch: Batch) -> Prediction:

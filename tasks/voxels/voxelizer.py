@@ -119,7 +119,9 @@ def voxelize(
         inside = ok[:, 0, :, None, None] & ok[:, 1, None, :, None] & ok[:, 2, None, None, :]  # (M, W, W, W)
         log_free = torch.log1p(-torch.exp(-dist2 / s2))  # log(1 − g), ≤ 0 (−inf at the atom centre)
         kc = k.clamp(0, size - 1)
-        flat = (((bi * c + el)[:, None, None, None] * size + kc[:, 0, :, None, None]) * size + kc[:, 1, None, :, None]) * size + kc[:, 2, None, None, :]
+        flat = (((bi * c + el)[:, None, None, None] * size + kc[:, 0, :, None, None]) * size + kc[:, 1, None, :, None]) * size + kc[
+            :, 2, None, None, :
+        ]
         grid.index_add_(0, flat[inside], log_free[inside])
     grid = -torch.expm1(grid)  # 1 − Π(1 − g)
     return grid.view(b, c, size, size, size), outside
@@ -149,8 +151,16 @@ class Voxelizer:
 
     def __call__(self, coords: torch.Tensor, elements: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(grid (B, C, L, L, L), outside (B,))``; see :func:`voxelize`."""
-        grid, outside = voxelize(coords, elements, mask, n_channels=self.n_channels, grid_size=self.grid_size,
-                                 resolution=self.resolution, radius=self.radius, window=self.window)
+        grid, outside = voxelize(
+            coords,
+            elements,
+            mask,
+            n_channels=self.n_channels,
+            grid_size=self.grid_size,
+            resolution=self.resolution,
+            radius=self.radius,
+            window=self.window,
+        )
         n_out = int(outside.sum())
         if n_out:
             self.atoms_outside += n_out
@@ -159,7 +169,11 @@ class Voxelizer:
                 log.warning(
                     "%d atoms (in %d molecules so far) lie outside the %d³ × %.3g Å box (±%.3g Å); their density is "
                     "truncated at the box. Use a larger grid_size, or filter molecules with data.max_radius.",
-                    self.atoms_outside, self.molecules_with_outside, self.grid_size, self.resolution, self.box_edge,
+                    self.atoms_outside,
+                    self.molecules_with_outside,
+                    self.grid_size,
+                    self.resolution,
+                    self.box_edge,
                 )
                 self._next_warning = 2 * self.atoms_outside
         return grid, outside

@@ -20,8 +20,18 @@ from equivrepro.train.restore import load_run
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
-    out = train(compose_config(["task=points", "logger=none", "trainer.progress_bar=false", f"paths.runs_dir={tmp}",
-                                "equivariance.spectrum_l_max=3", "trainer.snapshot_steps=[20]"]))
+    out = train(
+        compose_config(
+            [
+                "task=points",
+                "logger=none",
+                "trainer.progress_bar=false",
+                f"paths.runs_dir={tmp}",
+                "equivariance.spectrum_l_max=3",
+                "trainer.snapshot_steps=[20]",
+            ]
+        )
+    )
     return out["run_dir"]
 
 
@@ -32,8 +42,9 @@ def _logged(run_dir, step: int) -> dict[str, float]:
 def _heldout(run, **change):
     e = run.config.equivariance
     use = {"num_samples": e.num_samples, "k": e.k, "batch_size": e.batch_size, "seed": e.seed} | change
-    return freeze_heldout(run.task, run.datamodule.heldout_dataset, run.datamodule.collate, use["num_samples"], use["k"],
-                          use["batch_size"], use["seed"])
+    return freeze_heldout(
+        run.task, run.datamodule.heldout_dataset, run.datamodule.collate, use["num_samples"], use["k"], use["batch_size"], use["seed"]
+    )
 
 
 @pytest.mark.parametrize("step", [None, 20])

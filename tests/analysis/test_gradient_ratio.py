@@ -63,11 +63,13 @@ def test_ema_uses_span_max_one_step_over_100():
 
 def test_wide_from_tidy_results_and_figure(tmp_path):
     df = _synthetic(50)
-    tidy = pd.concat([
-        pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "equiv/forces/pct", "value": df["pct"]}),
-        pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "equiv/forces/grad_norm_ratio", "value": df["grad_norm_ratio"]}),
-        pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "train/loss", "value": 1.0}),
-    ])
+    tidy = pd.concat(
+        [
+            pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "equiv/forces/pct", "value": df["pct"]}),
+            pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "equiv/forces/grad_norm_ratio", "value": df["grad_norm_ratio"]}),
+            pd.DataFrame({"run_id": "r1", "step": df["step"], "metric": "train/loss", "value": 1.0}),
+        ]
+    )
     wide = wide_from_results(tidy, pct_metric="equiv/forces/pct", ratio_metric="equiv/forces/grad_norm_ratio")
     assert list(wide.columns) == ["step", "pct", "grad_norm_ratio"] and len(wide) == 50
     assert np.allclose(wide["pct"], df.sort_values("step")["pct"])

@@ -104,8 +104,9 @@ def test_redrawn_landscape_shows_the_evaluation_noise_the_frozen_one_hides(tmp_p
     def draw(i: int) -> SubsetLosses:
         g = torch.Generator().manual_seed(100 + i)
         batch = make_pointcloud_batch(4, 5, g)
-        return SubsetLosses(model, task, batch, haar_rotations(4 * 3, g, dtype=torch.float64).reshape(4, 3, 3, 3), "net.4",
-                            estimator="plugin")
+        return SubsetLosses(
+            model, task, batch, haar_rotations(4 * 3, g, dtype=torch.float64).reshape(4, 3, 3, 3), "net.4", estimator="plugin"
+        )
 
     frozen_losses = draw(-100)
     spectra = {w: hessian_spectrum(frozen_losses, w) for w in ("mean", "equiv")}

@@ -32,7 +32,7 @@ class InvariantToVector(nn.Module):
 
     def forward(self, pos):
         dist = (pos[:, :, None] - pos[:, None, :]).norm(dim=-1)
-        rbf = torch.exp(-(dist[..., None] - torch.linspace(0, 3, 6, dtype=pos.dtype)) ** 2).sum(2)
+        rbf = torch.exp(-((dist[..., None] - torch.linspace(0, 3, 6, dtype=pos.dtype)) ** 2)).sum(2)
         return self.out(torch.tanh(self.embed(rbf)))
 
 

@@ -28,18 +28,45 @@ pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:User
 
 HEAD = "force_head.out"  # EScAIP's linear direct-force head (3 × 32 + 3 = 99 parameters)
 TRUNK = "force_head.ffn"  # the FFN in front of it: not structurally tied
-SMALL = ["--device", "cpu", "--grid-n", "4", "--redrawn-grid-n", "3", "--centre-draws", "3", "--lanczos-steps", "12",
-         "--slq-probes", "2", "--structure-steps", "16", "--bootstrap", "200"]
+SMALL = [
+    "--device",
+    "cpu",
+    "--grid-n",
+    "4",
+    "--redrawn-grid-n",
+    "3",
+    "--centre-draws",
+    "3",
+    "--lanczos-steps",
+    "12",
+    "--slq-probes",
+    "2",
+    "--structure-steps",
+    "16",
+    "--bootstrap",
+    "200",
+]
 
 
 def _overrides(tmp: Path, *extra: str) -> list[str]:
     return [
-        "experiment=forcefield_smoke", f"paths.runs_dir={tmp / 'runs'}", f"data.path={tmp / 'tiny.h5'}", "data.generate=null",
-        "data.heldout_size=3", "trainer.max_steps=6", "trainer.batch_size=4", "equivariance.every=2", "equivariance.num_samples=6",
-        "equivariance.grad_norms=true", "trainer.snapshot_steps=[4]",
+        "experiment=forcefield_smoke",
+        f"paths.runs_dir={tmp / 'runs'}",
+        f"data.path={tmp / 'tiny.h5'}",
+        "data.generate=null",
+        "data.heldout_size=3",
+        "trainer.max_steps=6",
+        "trainer.batch_size=4",
+        "equivariance.every=2",
+        "equivariance.log_points=0",
+        "equivariance.num_samples=6",
+        "equivariance.grad_norms=true",
+        "trainer.snapshot_steps=[4]",
         # plain xavier on the direction head and a tiny learning rate keep the model near an initialisation
         # where most of the force loss is equivariance error, so the twirling check below can tell K apart
-        "model.force_head_gain=1.0", "optim.lr=1e-5", *extra,
+        "model.force_head_gain=1.0",
+        "optim.lr=1e-5",
+        *extra,
     ]
 
 
@@ -64,8 +91,25 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 def full_summary(tiny_run) -> tuple[dict, Path]:
     tmp, run_dir = tiny_run
     out = tmp / "out"
-    rc = analyze.main(["--run-dir", str(run_dir), "--step", "4", "--out", str(out), "--params", HEAD, "--twirl-draws", "12",
-                       "--reference-k", "24", "--points-per-call", "8", *SMALL])
+    rc = analyze.main(
+        [
+            "--run-dir",
+            str(run_dir),
+            "--step",
+            "4",
+            "--out",
+            str(out),
+            "--params",
+            HEAD,
+            "--twirl-draws",
+            "12",
+            "--reference-k",
+            "24",
+            "--points-per-call",
+            "8",
+            *SMALL,
+        ]
+    )
     assert rc == 0
     return _summary(out), out
 
@@ -111,8 +155,26 @@ def test_the_head_is_structurally_equal_and_its_kappa_ratio_is_not_reported(full
 def test_a_trunk_block_is_not_tied_and_gets_a_kappa_ratio(tiny_run):
     tmp, run_dir = tiny_run
     out = tmp / "trunk"
-    assert analyze.main(["--run-dir", str(run_dir), "--out", str(out), "--analyses", "spectrum", "--params", TRUNK, "--forms", "ggn",
-                         "--exact-max", "0", *SMALL]) == 0
+    assert (
+        analyze.main(
+            [
+                "--run-dir",
+                str(run_dir),
+                "--out",
+                str(out),
+                "--analyses",
+                "spectrum",
+                "--params",
+                TRUNK,
+                "--forms",
+                "ggn",
+                "--exact-max",
+                "0",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     sp = _summary(out)["spectrum"]
     assert sp["structure"]["verdict"] == NOT_TIED and sp["structure"]["method"] == "cube-lanczos"
     f = sp["forms"]["ggn"]
@@ -198,8 +260,15 @@ def test_vmapped_landscape_equals_point_by_point(tiny_run):
 
 
 def test_missing_head_and_grad_norms_are_skipped_with_a_reason(tmp_path, capsys):
-    run_dir = _train(tmp_path, "equivariance.linear_head=null", "equivariance.grad_norms=false", "trainer.max_steps=2",
-                     "equivariance.every=1", "trainer.snapshot_steps=[]")
+    run_dir = _train(
+        tmp_path,
+        "equivariance.linear_head=null",
+        "equivariance.grad_norms=false",
+        "trainer.max_steps=2",
+        "equivariance.every=1",
+        "equivariance.log_points=0",
+        "trainer.snapshot_steps=[]",
+    )
     rc = analyze.main(["--run-dir", str(run_dir), "--analyses", "head-deviation,gradient-ratio", "--out", str(tmp_path / "o")])
     assert rc == 0
     s = _summary(tmp_path / "o")

@@ -20,8 +20,9 @@ def _linear(seed: int = 0) -> LinearPointModel:
 def test_mse_of_k_follows_mean_plus_equiv_over_k(tmp_path):
     task, batch, _ = setup(b=48, n=5)
     model = _linear()  # pct ≈ 1: the K-dependence dominates the table
-    df = twirl_mse_table(model, task, batch, ks=(1, 2, 4, 8, 16), n_draws=8, reference_k=128,
-                         generator=torch.Generator().manual_seed(0), z=3.0)
+    df = twirl_mse_table(
+        model, task, batch, ks=(1, 2, 4, 8, 16), n_draws=8, reference_k=128, generator=torch.Generator().manual_seed(0), z=3.0
+    )
     assert list(df["k"]) == [1, 2, 4, 8, 16]
     assert df["within_ci"].all(), df
     assert (df["rel_deviation"].abs() < 0.1).all(), df
@@ -39,8 +40,7 @@ def test_mse_of_k_on_a_nonlinear_model_with_several_batches():
     torch.manual_seed(0)
     model = NonEquivariantMLP(hidden=8).double()
     halves = [{k: v[:16] for k, v in batch.items()}, {k: v[16:] for k, v in batch.items()}]
-    df = twirl_mse_table(model, task, halves, ks=(1, 4), n_draws=4, reference_k=64,
-                         generator=torch.Generator().manual_seed(1), z=3.0)
+    df = twirl_mse_table(model, task, halves, ks=(1, 4), n_draws=4, reference_k=64, generator=torch.Generator().manual_seed(1), z=3.0)
     assert df["within_ci"].all() and int(df["n_samples"].iloc[0]) == 32, df
 
 

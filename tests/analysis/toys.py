@@ -30,7 +30,7 @@ class DirectForceToy(nn.Module):
         off = ~torch.eye(n, dtype=torch.bool, device=pos.device)
         dist = diff.norm(dim=-1).masked_fill(~off, 1.0)  # (B, N, N)
         rhat = diff / dist[..., None]
-        rbf = torch.exp(-(dist[..., None] - self.centres.to(pos.dtype)) ** 2)
+        rbf = torch.exp(-((dist[..., None] - self.centres.to(pos.dtype)) ** 2))
         phi = torch.tanh(self.embed(rbf))  # (B, N, N, d)
         w = self.out(phi)  # (B, N, N, 3)
         return (w * rhat * off[None, :, :, None].to(pos.dtype)).sum(2)

@@ -7,9 +7,9 @@ A new task adds its module here (its tests) and nothing else: the contract tests
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 __all__ = ["Contract", "load_contract"]
 

@@ -14,8 +14,16 @@ def _dipoles(tmp: Path) -> list[str]:
 
 
 CONTRACT = Contract(
-    task="dipoles", package="tasks.dipoles", write_data=_dipoles, write_paper_data=_dipoles,
+    task="dipoles",
+    package="tasks.dipoles",
+    write_data=_dipoles,
+    write_paper_data=_dipoles,
     shrink=["trainer.batch_size=4", "equivariance.num_samples=2", "equivariance.batch_size=2", "equivariance.baseline_samples=4"],
-    paper_shrink=["trainer.batch_size=2", "equivariance.num_samples=2", "equivariance.batch_size=2", "equivariance.baseline_samples=4",
-                  "equivariance.k=3"],
+    paper_shrink=[
+        "trainer.batch_size=2",
+        "equivariance.num_samples=2",
+        "equivariance.batch_size=2",
+        "equivariance.baseline_samples=4",
+        "equivariance.k=3",
+    ],
 )

@@ -24,8 +24,17 @@ def _mirror(tmp: Path) -> list[str]:
 
 
 CONTRACT = Contract(
-    task="flowmatching", package="tasks.flowmatching", write_data=_embedded, write_paper_data=_mirror,
+    task="flowmatching",
+    package="tasks.flowmatching",
+    write_data=_embedded,
+    write_paper_data=_mirror,
     shrink=["trainer.batch_size=2", "equivariance.num_samples=2", "equivariance.batch_size=2", "equivariance.baseline_samples=2"],
-    paper_shrink=["trainer.batch_size=1", "equivariance.num_samples=1", "equivariance.batch_size=1", "equivariance.baseline_samples=1",
-                  "equivariance.k=3", "task.eval_times=[0.4]"],
+    paper_shrink=[
+        "trainer.batch_size=1",
+        "equivariance.num_samples=1",
+        "equivariance.batch_size=1",
+        "equivariance.baseline_samples=1",
+        "equivariance.k=3",
+        "task.eval_times=[0.4]",
+    ],
 )

@@ -20,8 +20,16 @@ def _maceoff(tmp: Path) -> list[str]:
 
 
 CONTRACT = Contract(
-    task="forcefield", package="tasks.forcefield", write_data=_spice, write_paper_data=_maceoff,
+    task="forcefield",
+    package="tasks.forcefield",
+    write_data=_spice,
+    write_paper_data=_maceoff,
     shrink=["trainer.batch_size=4", "equivariance.num_samples=2", "equivariance.batch_size=2", "equivariance.baseline_samples=4"],
-    paper_shrink=["trainer.batch_size=2", "equivariance.num_samples=2", "equivariance.batch_size=2", "equivariance.baseline_samples=4",
-                  "equivariance.k=3"],
+    paper_shrink=[
+        "trainer.batch_size=2",
+        "equivariance.num_samples=2",
+        "equivariance.batch_size=2",
+        "equivariance.baseline_samples=4",
+        "equivariance.k=3",
+    ],
 )

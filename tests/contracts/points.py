@@ -2,5 +2,4 @@
 
 from tests.contracts import Contract
 
-CONTRACT = Contract(task="points", package="equivrepro.testing", write_data=lambda tmp: [],
-                    shrink=["data.n_train=16", "data.n_heldout=8"])
+CONTRACT = Contract(task="points", package="equivrepro.testing", write_data=lambda tmp: [], shrink=["data.n_train=16", "data.n_heldout=8"])

@@ -28,12 +28,24 @@ def _geom_drugs(tmp: Path) -> list[str]:
     return [f"data.root={root}"]
 
 
-_SMALL = ["task.grid_size=16", "trainer.batch_size=2", "equivariance.num_samples=2", "equivariance.batch_size=2",
-          "equivariance.baseline_samples=4"]
+_SMALL = [
+    "task.grid_size=16",
+    "trainer.batch_size=2",
+    "equivariance.num_samples=2",
+    "equivariance.batch_size=2",
+    "equivariance.baseline_samples=4",
+]
 
 CONTRACT = Contract(
-    task="voxels", package="tasks.voxels", write_data=_embedded_format, write_paper_data=_geom_drugs,
-    shrink=_SMALL, paper_shrink=[*_SMALL, "trainer.batch_size=1", "equivariance.k=3"],
+    task="voxels",
+    package="tasks.voxels",
+    write_data=_embedded_format,
+    write_paper_data=_geom_drugs,
+    shrink=_SMALL,
+    paper_shrink=[*_SMALL, "trainer.batch_size=1", "equivariance.k=3"],
     # exact on the 24 cube rotations; under Haar rotations the prediction comes back by trilinear resampling
-    exact_group="cube", roundtrip_tol=0.35, equivariant_pct=1e-10, haar_pct=0.02,
+    exact_group="cube",
+    roundtrip_tol=0.35,
+    equivariant_pct=1e-10,
+    haar_pct=0.02,
 )

@@ -116,8 +116,9 @@ def test_an_error_far_from_the_centroid_lands_in_the_far_bins(gen):
     with torch.no_grad():
         z = untwisted_predictions(_OxygenKick("far"), task, batch, rot)
     binned = binned_equiv(z, task.terms[0], task.targets(batch), batch, task.attribution(batch))
-    far = sum(float(binned.share[i]) for (d, lab), i in _by_bin(binned).items()
-              if d == "centroid_distance_A" and lab in ("3-4", "4-6", "6+"))
+    far = sum(
+        float(binned.share[i]) for (d, lab), i in _by_bin(binned).items() if d == "centroid_distance_A" and lab in ("3-4", "4-6", "6+")
+    )
     assert float(binned.equiv.min()) > 0 and math.isclose(far, 1.0, rel_tol=1e-9)
 
 

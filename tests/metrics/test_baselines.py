@@ -30,8 +30,11 @@ class _SyntheticTask(Task):
     """Targets ``vec (B, N, 3)`` (masked) and ``s (B,)``; the features live in the batch."""
 
     name = "synthetic"
-    terms = (LossTerm("vec", _masked_weighted_mse, quadratic=True), LossTerm("s", _scalar_se, quadratic=True),
-             LossTerm("l1", lambda p, t, b: (p["s"] - t["s"]).abs(), quadratic=False))
+    terms = (
+        LossTerm("vec", _masked_weighted_mse, quadratic=True),
+        LossTerm("s", _scalar_se, quadratic=True),
+        LossTerm("l1", lambda p, t, b: (p["s"] - t["s"]).abs(), quadratic=False),
+    )
 
     def targets(self, batch):
         return {"vec": batch["y"], "s": batch["ys"]}
@@ -51,8 +54,13 @@ def _batch(b: int, n: int, g: torch.Generator, theta: torch.Tensor, noise: float
     mask[-1, -1] = False
     y = phi @ theta + noise * torch.randn(b, n, 3, generator=g, dtype=torch.float64)
     y = torch.where(mask[..., None], y, torch.full_like(y, 1e6))  # garbage on padded points: must be ignored
-    return {"phi": phi, "y": y, "mask": mask, "scale": torch.rand(b, generator=g, dtype=torch.float64) + 0.5,
-            "ys": torch.randn(b, generator=g, dtype=torch.float64)}
+    return {
+        "phi": phi,
+        "y": y,
+        "mask": mask,
+        "scale": torch.rand(b, generator=g, dtype=torch.float64) + 0.5,
+        "ys": torch.randn(b, generator=g, dtype=torch.float64),
+    }
 
 
 def _reference_wls(batches: list[dict]) -> torch.Tensor:

@@ -131,7 +131,7 @@ def test_total_equals_mean_plus_equiv_per_sample():
     rot = haar_rotations(6 * k, torch.Generator().manual_seed(3), torch.float64).reshape(6, k, 3, 3)
     dec = twirl_decomposition(_mlp(), TASK, batch, rot, terms=terms)
     for d in dec.values():
-        rel = lambda x: (x - d.total).abs().max() / d.total.abs().max()  # noqa: E731
+        rel = lambda x, d=d: (x - d.total).abs().max() / d.total.abs().max()  # noqa: E731
         assert rel(d.mean_plugin + d.equiv_plugin) < 1e-12, d.name
         assert rel(d.mean_unbiased + d.equiv_unbiased) < 1e-12, d.name
         assert (d.equiv_plugin >= 0).all()
@@ -281,7 +281,10 @@ def test_jackknife_reduces_the_plugin_bias_of_the_l2mae_mean(capsys):
         assert abs(mj - exact) < (0.5 if k == 2 else 0.3) * (mp - exact), (k, mp - exact, mj - exact)
         assert draw_means(d.equiv_unbiased, DRAWS)[0] > draw_means(d.equiv_plugin, DRAWS)[0]
     with capsys.disabled():
-        print("\n[l2mae L_mean bias] exact=%.4f " % exact + "  ".join(f"K={k}: plug-in {p:+.4f} jackknife {j:+.4f}(±{s:.4f})" for k, p, j, s in rows))
+        print(
+            f"\n[l2mae L_mean bias] exact={exact:.4f} "
+            + "  ".join(f"K={k}: plug-in {p:+.4f} jackknife {j:+.4f}(±{s:.4f})" for k, p, j, s in rows)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,8 +329,24 @@ def test_summary_keys_and_standard_errors():
     """summary() reports means, SEs and quantiles; the delta-method pct_se shrinks like 1/√n (64 → 1024
     samples: factor 4, accepted in [2.5, 6.5]) and agrees with the spread of pct over independent batches."""
     model = _mlp()
-    keys = {"total", "mean", "equiv", "mean_plugin", "equiv_plugin", "pct", "pct_plugin", "total_se", "mean_se",
-            "equiv_se", "pct_se", "pct_q50", "pct_q90", "pct_max", "n", "equiv_max_share"}
+    keys = {
+        "total",
+        "mean",
+        "equiv",
+        "mean_plugin",
+        "equiv_plugin",
+        "pct",
+        "pct_plugin",
+        "total_se",
+        "mean_se",
+        "equiv_se",
+        "pct_se",
+        "pct_q50",
+        "pct_q90",
+        "pct_max",
+        "n",
+        "equiv_max_share",
+    }
     rot = lambda n, s: haar_rotations(n * 4, torch.Generator().manual_seed(s), torch.float64).reshape(n, 4, 3, 3)  # noqa: E731
     small = twirl_decomposition(model, TASK, _batch(64, 6, seed=1), rot(64, 1))["mse"].summary()
     large = twirl_decomposition(model, TASK, _batch(1024, 6, seed=2), rot(1024, 2))["mse"].summary()
@@ -338,7 +357,7 @@ def test_summary_keys_and_standard_errors():
     assert 2.5 < small["pct_se"] / large["pct_se"] < 6.5
     # delta-method SE vs the empirical spread of pct over 32 independent 64-sample batches
     big = twirl_decomposition(model, TASK, _batch(64 * 32, 6, seed=3), rot(64 * 32, 3))["mse"]
-    pcts = (big.equiv_unbiased.reshape(32, 64).sum(1) / big.total.reshape(32, 64).sum(1))
+    pcts = big.equiv_unbiased.reshape(32, 64).sum(1) / big.total.reshape(32, 64).sum(1)
     spread = float(pcts.std())
     assert 0.6 < small["pct_se"] / spread < 1.6, (small["pct_se"], spread)
 
@@ -386,6 +405,8 @@ def test_bootstrap_interval_of_pct_covers_the_population_value():
     assert 0.86 <= hits / 200 <= 0.99, hits
     model = _mlp()
     rot = haar_rotations(48 * 4, torch.Generator().manual_seed(5), torch.float64).reshape(48, 4, 3, 3)
-    s = twirl_decomposition(model, TASK, _batch(48, 6, seed=5), rot)["mse"].summary(bootstrap=500, generator=torch.Generator().manual_seed(1))
+    s = twirl_decomposition(model, TASK, _batch(48, 6, seed=5), rot)["mse"].summary(
+        bootstrap=500, generator=torch.Generator().manual_seed(1)
+    )
     assert s["pct_ci_lo"] < s["pct"] < s["pct_ci_hi"]
     assert 0.5 < (s["pct_ci_hi"] - s["pct_ci_lo"]) / (2 * 1.96 * s["pct_se"]) < 2.0

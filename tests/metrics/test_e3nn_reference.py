@@ -7,9 +7,8 @@ equivariant library, an e3nn model would show a large L_equiv here. It must inst
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from e3nn import o3  # a declared dependency: a missing e3nn must fail, not skip
+from torch import nn
 
 from equivrepro.metrics import twirl_decomposition
 from equivrepro.rotations import haar_rotations
@@ -41,7 +40,7 @@ class E3nnPointModel(nn.Module):
         b, n, _ = pos.shape
         rel = pos[:, :, None] - pos[:, None, :]  # (B, N, N, 3)
         dist = rel.pow(2).sum(-1, keepdim=True).clamp_min(1e-30).sqrt()
-        radial = torch.exp(-(dist - self.centres.to(pos.dtype)) ** 2)
+        radial = torch.exp(-((dist - self.centres.to(pos.dtype)) ** 2))
         radial = radial * (1 - torch.eye(n, dtype=pos.dtype, device=pos.device))[None, :, :, None]
         y_rel = o3.spherical_harmonics(self.irreps_sh, rel, normalize=False)
         h = self.tp1(y_rel, radial).sum(2)  # (B, N, 8 + 12 + 10)

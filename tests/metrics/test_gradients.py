@@ -110,7 +110,9 @@ def test_gradient_ratio_vanishes_linearly_for_near_equivariant_models():
     exact = gradient_norms(LinearPointModel(1.2 * eye), TASK, batch, rot)
     assert exact["mean_grad_norm"] > 0.1
     assert exact["grad_norm_ratio"] < 1e-13
-    ratios = {eps: gradient_norms(LinearPointModel(1.2 * eye + eps * b0), TASK, batch, rot)["grad_norm_ratio"] for eps in (1e-1, 1e-2, 1e-4)}
+    ratios = {
+        eps: gradient_norms(LinearPointModel(1.2 * eye + eps * b0), TASK, batch, rot)["grad_norm_ratio"] for eps in (1e-1, 1e-2, 1e-4)
+    }
     assert ratios[1e-2] / 1e-2 == pytest.approx(ratios[1e-4] / 1e-4, rel=1e-3)
     assert ratios[1e-1] / 1e-1 == pytest.approx(ratios[1e-4] / 1e-4, rel=1e-2)
     assert ratios[1e-1] > 10 * ratios[1e-2] * 0.99

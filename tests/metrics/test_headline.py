@@ -9,7 +9,15 @@ import pytest
 
 from equivrepro.metrics import keys
 from equivrepro.metrics.headline import (
-    HEADLINE, PCT_MIN, REL_BASELINE, REL_NULL, HeadlineTracker, below_quantity, headlines, summary, summary_key,
+    HEADLINE,
+    PCT_MIN,
+    REL_BASELINE,
+    REL_NULL,
+    HeadlineTracker,
+    below_quantity,
+    headlines,
+    summary,
+    summary_key,
     summary_quantities,
 )
 
@@ -62,8 +70,16 @@ def test_never_leaving_or_never_below():
 
 def test_nonfinite_ignored_repeats_keep_the_last_and_suffixes_are_separate():
     flow = keys.key(keys.EQUIV, "velocity", "pct", "t=0.4")
-    rows = [(0, PCT, 0.5), (10, PCT, float("nan")), (20, PCT, 0.1), (20, PCT, 0.2), (30, PCT, float("inf")),
-            (0, flow, 0.05), (10, flow, 0.01), (0, keys.key(keys.CUBE, "forces", "pct"), 1e-9)]
+    rows = [
+        (0, PCT, 0.5),
+        (10, PCT, float("nan")),
+        (20, PCT, 0.1),
+        (20, PCT, 0.2),
+        (30, PCT, float("inf")),
+        (0, flow, 0.05),
+        (10, flow, 0.01),
+        (0, keys.key(keys.CUBE, "forces", "pct"), 1e-9),
+    ]
     out = headlines(rows)
     assert set(out) == {PCT, flow}  # only the equiv family
     assert out[PCT].final_step == 20 and out[PCT].final_pct == 0.2 and out[PCT].min_pct == 0.2

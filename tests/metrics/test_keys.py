@@ -7,12 +7,15 @@ import pytest
 from equivrepro.metrics import keys
 
 
-@pytest.mark.parametrize("family,term,quantity,suffix,text", [
-    (keys.EQUIV, "velocity", "pct", "t=0.4", "equiv/t=0.4/velocity/pct"),
-    (keys.CUBE, "denoise", "pct", "", "equiv_cube/denoise/pct"),
-    (keys.FLOOR, "forces", "equiv", "", "equiv_floor/forces/equiv"),
-    (keys.SPECTRUM, "forces", "l=2", "", "spectrum/forces/l=2"),
-])
+@pytest.mark.parametrize(
+    "family,term,quantity,suffix,text",
+    [
+        (keys.EQUIV, "velocity", "pct", "t=0.4", "equiv/t=0.4/velocity/pct"),
+        (keys.CUBE, "denoise", "pct", "", "equiv_cube/denoise/pct"),
+        (keys.FLOOR, "forces", "equiv", "", "equiv_floor/forces/equiv"),
+        (keys.SPECTRUM, "forces", "l=2", "", "spectrum/forces/l=2"),
+    ],
+)
 def test_make_and_parse_are_inverse(family, term, quantity, suffix, text):
     assert keys.key(family, term, quantity, suffix) == text
     assert keys.parse(text) == keys.MetricKey(family, term, quantity, suffix)

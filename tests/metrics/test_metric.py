@@ -39,7 +39,7 @@ def _data(n: int, seed: int):
 def _split(batch, rot, sizes):
     out, start = [], 0
     for s in sizes:
-        out.append(({k: v[start:start + s] for k, v in batch.items()}, rot[start:start + s]))
+        out.append(({k: v[start : start + s] for k, v in batch.items()}, rot[start : start + s]))
         start += s
     return out
 
@@ -132,8 +132,22 @@ def test_compute_pools_per_sample_values_across_ddp_ranks(tmp_path):
     script = tmp_path / "ddp_metric.py"
     script.write_text(_DDP_SCRIPT.format(root=str(ROOT)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", str(script),
-                           str(tmp_path / "out.json")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29541",
+            str(script),
+            str(tmp_path / "out.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

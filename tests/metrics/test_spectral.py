@@ -48,8 +48,12 @@ def _haar(b: int, k: int, seed: int) -> torch.Tensor:
 
 
 def _part(deg: int, d: int, gen: torch.Generator, inverse: bool = False) -> OrbitPart:
-    return OrbitPart(deg, torch.randn(d, 2 * deg + 1, generator=gen, dtype=torch.float64),
-                     torch.randn(2 * deg + 1, generator=gen, dtype=torch.float64), inverse)
+    return OrbitPart(
+        deg,
+        torch.randn(d, 2 * deg + 1, generator=gen, dtype=torch.float64),
+        torch.randn(2 * deg + 1, generator=gen, dtype=torch.float64),
+        inverse,
+    )
 
 
 def _toy_spectrum(parts, const, w, rot, l_max=8, target=None):
@@ -139,8 +143,10 @@ def test_two_degrees_give_both_amplitudes_and_a_constant_changes_nothing(f64, ge
     assert _within(spec.equiv.mean()[None], spec.equiv.std()[None] / 20, [float(expected[1:].sum())])
 
 
-@pytest.mark.parametrize("k, draws, centring", [(2, 6000, "mean"), (4, 3000, "mean"), (4, 3000, "leave-two-out"),
-                                               (10, 1000, "mean"), (10, 1000, "leave-two-out"), (50, 150, "mean")])
+@pytest.mark.parametrize(
+    "k, draws, centring",
+    [(2, 6000, "mean"), (4, 3000, "mean"), (4, 3000, "leave-two-out"), (10, 1000, "mean"), (10, 1000, "leave-two-out"), (50, 150, "mean")],
+)
 def test_unbiased_for_every_k_and_the_sum_rule(f64, k, draws, centring):
     """Content at l = 1, 2, 3 (nothing above) plus a constant: over many independent draws the mean of every Ê_l
     is its exact value within 4 SE for K = 2, 4, 10, 50 and both centrings, and the remainder averages to 0. The
@@ -359,8 +365,9 @@ def test_angle_curve_predicted_matches_measured_for_a_haar_axis_on_either_side(f
         meas = angle_curve_measured(model, POINTS, batch, omegas, 6, torch.Generator().manual_seed(2), side=side)
         assert _within(meas.mean, meas.se, truth), (side, meas.mean, meas.se, truth)
         assert _within(meas.mean, torch.sqrt(meas.se**2 + pred.se**2), pred.mean)
-        fixed = angle_curve_measured(model, POINTS, batch, omegas, 6, torch.Generator().manual_seed(3), side=side,
-                                     axis=torch.tensor([0.0, 0.0, 1.0]))
+        fixed = angle_curve_measured(
+            model, POINTS, batch, omegas, 6, torch.Generator().manual_seed(3), side=side, axis=torch.tensor([0.0, 0.0, 1.0])
+        )
         assert not _within(fixed.mean, fixed.se, truth), (side, fixed.mean, truth)
 
 
@@ -405,8 +412,17 @@ def test_spectrum_agrees_with_the_decomposition_pools_and_names_its_metrics(f64)
     # the loss shares add up: L_mean + Σ_{1≤l≤l_max} E_l + remainder = L_total
     assert math.isclose(float(spec.mean_share + spec.share[1:].sum() + spec.remainder_share), 1.0, rel_tol=1e-12)
     # pooling chunks equals computing on the whole batch
-    halves = [degree_spectrum({k: v[s] for k, v in z.items()}, rot[s], term, {k: v[s] for k, v in target.items()},
-                              {k: v[s] for k, v in batch.items()}, l_max=5) for s in (slice(0, 4), slice(4, 10))]
+    halves = [
+        degree_spectrum(
+            {k: v[s] for k, v in z.items()},
+            rot[s],
+            term,
+            {k: v[s] for k, v in target.items()},
+            {k: v[s] for k, v in batch.items()},
+            l_max=5,
+        )
+        for s in (slice(0, 4), slice(4, 10))
+    ]
     pooled = DegreeSpectrum.concat(halves)
     torch.testing.assert_close(pooled.estimates, spec.estimates)
     assert pooled.summary() == pytest.approx(spec.summary())

@@ -26,18 +26,50 @@ def points_table(tmp_path_factory):
     root = tmp_path_factory.mktemp("points_runs")
     for seed in (0, 1):
         for lr in ("1e-3", "1e-2"):
-            train(compose_config(["task=points", f"paths.runs_dir={root}", "logger=none", "trainer.progress_bar=false",
-                                  "trainer.max_steps=8", "equivariance.every=4", "trainer.checkpoint_every=4", f"seed={seed}", f"optim.lr={lr}"]))
+            train(
+                compose_config(
+                    [
+                        "task=points",
+                        f"paths.runs_dir={root}",
+                        "logger=none",
+                        "trainer.progress_bar=false",
+                        "trainer.max_steps=8",
+                        "equivariance.every=4",
+                        "trainer.checkpoint_every=4",
+                        f"seed={seed}",
+                        f"optim.lr={lr}",
+                    ]
+                )
+            )
     table = collect_local(root)
     assert table["run_id"].nunique() == 4
     return table
 
 
 def _run(task, term, run_id, seed, suffixes, quantities=("pct", "total", "mean", "equiv"), steps=(0, 100, 200, 300), **cols):
-    base = {"task": task, "run_id": run_id, "run_dir": f"/runs/{run_id}", "name": task, "status": "finished", "status_step": steps[-1],
-            "seed": seed, "model": "Net", "model_target": "x.Net", "n_params": 1_000_000, "model_label": "Net 1M", "data_target": "x.Data",
-            "train_size": math.nan, "optim": "AdamW", "lr": 1e-4, "optim_label": "AdamW 1e-4", "schedule": "constant", "augment": True,
-            "batch_size": 8, "max_steps": steps[-1], "primary_term": term}
+    base = {
+        "task": task,
+        "run_id": run_id,
+        "run_dir": f"/runs/{run_id}",
+        "name": task,
+        "status": "finished",
+        "status_step": steps[-1],
+        "seed": seed,
+        "model": "Net",
+        "model_target": "x.Net",
+        "n_params": 1_000_000,
+        "model_label": "Net 1M",
+        "data_target": "x.Data",
+        "train_size": math.nan,
+        "optim": "AdamW",
+        "lr": 1e-4,
+        "optim_label": "AdamW 1e-4",
+        "schedule": "constant",
+        "augment": True,
+        "batch_size": 8,
+        "max_steps": steps[-1],
+        "primary_term": term,
+    }
     base.update(cols)
     rng = np.random.default_rng(abs(hash((run_id, seed))) % 2**32)
     rows = []
@@ -56,14 +88,36 @@ def synthetic():
     rows = []
     # force field: default (3 seeds) + model, data (500 at batch 1), optimizer and augmentation sweeps
     for seed in (0, 1, 2):
-        rows += _run("forcefield", "forces", f"ff-default-{seed}", seed, [""], n_params=6_100_000, model_label="EScAIP 6.1M", train_size=math.nan,
-                     batch_size=64, augment=True)
+        rows += _run(
+            "forcefield",
+            "forces",
+            f"ff-default-{seed}",
+            seed,
+            [""],
+            n_params=6_100_000,
+            model_label="EScAIP 6.1M",
+            train_size=math.nan,
+            batch_size=64,
+            augment=True,
+        )
     for label, n in (("EScAIP 4.1M", 4_100_000), ("EScAIP 998k", 998_000)):
         rows += _run("forcefield", "forces", f"ff-{label}", 0, [""], n_params=n, model_label=label, batch_size=64)
     for size, bs in ((50_000, 64), (500, 1)):
-        rows += _run("forcefield", "forces", f"ff-data-{size}", 0, [""], n_params=6_100_000, model_label="EScAIP 6.1M", train_size=float(size), batch_size=bs)
+        rows += _run(
+            "forcefield",
+            "forces",
+            f"ff-data-{size}",
+            0,
+            [""],
+            n_params=6_100_000,
+            model_label="EScAIP 6.1M",
+            train_size=float(size),
+            batch_size=bs,
+        )
     for optim, lr in (("AdamW", 1e-5), ("AdamW", 1e-3), ("SGD", 1e-5)):
-        rows += _run("forcefield", "forces", f"ff-{optim}-{lr}", 0, [""], optim=optim, lr=lr, optim_label=f"{optim} {lr:.0e}", batch_size=64)
+        rows += _run(
+            "forcefield", "forces", f"ff-{optim}-{lr}", 0, [""], optim=optim, lr=lr, optim_label=f"{optim} {lr:.0e}", batch_size=64
+        )
     rows += _run("forcefield", "forces", "ff-noaug", 0, [""], augment=False, batch_size=64)
     # flow matching: 60M (2 seeds) and 400M, and two data fractions, eight flow times in the paper (four here)
     for seed in (0, 1):
@@ -217,12 +271,15 @@ def test_flow_matching_figures_have_one_line_per_flow_time(synthetic, tmp_path):
 
 
 def test_headline_has_one_panel_per_task(synthetic, tmp_path):
-    default = synthetic[synthetic["run_id"].str.contains("default") | synthetic["run_id"].str.startswith("fm-60m")
-                        | (synthetic["run_id"] == "vx-default")]
+    default = synthetic[
+        synthetic["run_id"].str.contains("default") | synthetic["run_id"].str.startswith("fm-60m") | (synthetic["run_id"] == "vx-default")
+    ]
     data = F.headline(default, tmp_path / "headline")
     _files_ok(tmp_path / "headline")
     assert list(dict.fromkeys(data["panel"])) == ["forcefield", "flowmatching", "voxels"]
     _assert_matches(data, default, "equiv/denoise/pct", panel="voxels")
     _assert_matches(data, default, "equiv/t=0.99/velocity/pct", runs={"fm-60m-0", "fm-60m-1"}, panel="flowmatching")
     with pytest.raises(ValueError, match="differ in n_params"):
-        F.headline(synthetic[synthetic["task"] == "voxels"].pipe(lambda d: pd.concat([d, d.assign(run_id="other", n_params=7)])), tmp_path / "bad")
+        F.headline(
+            synthetic[synthetic["task"] == "voxels"].pipe(lambda d: pd.concat([d, d.assign(run_id="other", n_params=7)])), tmp_path / "bad"
+        )

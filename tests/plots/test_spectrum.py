@@ -20,10 +20,29 @@ ANGLES = (15, 90, 180)
 
 
 def _base(task: str, term: str, run_id: str, seed: int) -> dict:
-    return {"task": task, "run_id": run_id, "run_dir": f"/runs/{run_id}", "name": task, "status": "finished", "status_step": STEPS[-1],
-            "seed": seed, "model": "Net", "model_target": "x.Net", "n_params": 1000, "model_label": "Net 1k", "data_target": "x.Data",
-            "train_size": math.nan, "optim": "AdamW", "lr": 1e-3, "optim_label": "AdamW 1e-3", "schedule": "constant", "augment": True,
-            "batch_size": 8, "max_steps": STEPS[-1], "primary_term": term}
+    return {
+        "task": task,
+        "run_id": run_id,
+        "run_dir": f"/runs/{run_id}",
+        "name": task,
+        "status": "finished",
+        "status_step": STEPS[-1],
+        "seed": seed,
+        "model": "Net",
+        "model_target": "x.Net",
+        "n_params": 1000,
+        "model_label": "Net 1k",
+        "data_target": "x.Data",
+        "train_size": math.nan,
+        "optim": "AdamW",
+        "lr": 1e-3,
+        "optim_label": "AdamW 1e-3",
+        "schedule": "constant",
+        "augment": True,
+        "batch_size": 8,
+        "max_steps": STEPS[-1],
+        "primary_term": term,
+    }
 
 
 def _run(task: str, term: str, run_id: str, seed: int, suffixes=("",), spectrum=True, angle=True, attribution=True) -> list[dict]:

@@ -95,8 +95,11 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 def test_run_identity_survives_moving_the_data_root_but_not_changing_the_data():
     def cfg(root: str, name: str = "x.h5", lr: float = 1e-3) -> dict:
-        return {"paths": {"root": root, "data_dir": f"{root}/data", "runs_dir": f"{root}/runs"},
-                "data": {"path": f"{root}/data/{name}", "cache": f"{root}/data/cache"}, "optim": {"lr": lr}}
+        return {
+            "paths": {"root": root, "data_dir": f"{root}/data", "runs_dir": f"{root}/runs"},
+            "data": {"path": f"{root}/data/{name}", "cache": f"{root}/data/cache"},
+            "optim": {"lr": lr},
+        }
 
     assert run_identity(cfg("/work/main")) == run_identity(cfg("/tmp/fresh"))
     assert run_identity(cfg("/work/main")) != run_identity(cfg("/work/main", name="y.h5"))

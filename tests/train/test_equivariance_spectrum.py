@@ -31,8 +31,13 @@ def test_a_run_with_the_spectrum_logs_degrees_attribution_and_the_final_angle_cu
     assert {keys.degree_key("mse", 1), keys.degree_key("mse", 2), "spectrum/mse/remainder", "spectrum/mse/lie"} <= set(last)
     angles = {keys.angle_of(m) for m in last if keys.angle_of(m) is not None}
     assert {a.degrees for a in angles} == {15.0, 30.0, 60.0, 90.0, 120.0, 180.0}
-    assert {(a.kind, a.stat) for a in angles} == {("measured", ""), ("measured", "se"), ("predicted", ""), ("predicted", "se"),
-                                                  ("predicted", "upper")}
+    assert {(a.kind, a.stat) for a in angles} == {
+        ("measured", ""),
+        ("measured", "se"),
+        ("predicted", ""),
+        ("predicted", "se"),
+        ("predicted", "upper"),
+    }
     assert all(keys.parse(m).term == "mse" for m in last if keys.angle_of(m) is not None)  # the primary term
     for deg in (90, 180):  # a non-equivariant MLP: a real, positive measured error
         assert last[keys.angle_key("mse", "measured", deg)] > 0

@@ -16,7 +16,6 @@ from equivrepro.train.build import run_dir_for
 from equivrepro.train.loop import NonFiniteLossError, train
 from equivrepro.train.validate import ConfigError
 
-
 #: the tests that count training_loss calls keep the compute profile (which calls it) out of the count
 COUNTED = "trainer.profile_compute=false"
 
@@ -25,15 +24,18 @@ def _cfg(runs_dir: Path, *extra: str):
     return compose_config(["task=points", f"paths.runs_dir={runs_dir}", "trainer.progress_bar=false", "logger=none", *extra])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("trainer.batch_size=0", "trainer.batch_size must be an integer ≥ 1, got 0"),
-    ("trainer.batch_size=-3", "trainer.batch_size must be an integer ≥ 1, got -3"),
-    ("equivariance.k=0", "equivariance.k must be an integer ≥ 2, got 0"),
-    ("equivariance.num_samples=0", "equivariance.num_samples must be an integer ≥ 1, got 0"),
-    ("trainer.ema_decay=1.5", "trainer.ema_decay must be a number > 0 and < 1 or null, got 1.5"),
-    ("trainer.precision=fp8", "trainer.precision must be one of ['32', 'bf16', '16'], got 'fp8'"),
-    ("equivariance.spectrum_l_max=4", None),  # valid with k = 4 (the points preset)
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.batch_size=0", "trainer.batch_size must be an integer ≥ 1, got 0"),
+        ("trainer.batch_size=-3", "trainer.batch_size must be an integer ≥ 1, got -3"),
+        ("equivariance.k=0", "equivariance.k must be an integer ≥ 2, got 0"),
+        ("equivariance.num_samples=0", "equivariance.num_samples must be an integer ≥ 1, got 0"),
+        ("trainer.ema_decay=1.5", "trainer.ema_decay must be a number > 0 and < 1 or null, got 1.5"),
+        ("trainer.precision=fp8", "trainer.precision must be one of ['32', 'bf16', '16'], got 'fp8'"),
+        ("equivariance.spectrum_l_max=4", None),  # valid with k = 4 (the points preset)
+    ],
+)
 def test_bad_config_values_name_the_key_before_any_data_is_touched(tmp_path, monkeypatch, override, message):
     touched = []
     monkeypatch.setattr(PointCloudDataModule, "setup", lambda self: touched.append(1) or None)

@@ -36,10 +36,10 @@ def _records(path: Path):
         if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
             pos += _BLOCK - pos % _BLOCK
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        chunk += data[pos + 7:pos + 7 + length]
+        chunk += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (_FULL, _LAST):
             record = pb.Record()
@@ -77,8 +77,9 @@ def offline_wandb(monkeypatch, tmp_path):
 
 
 def _cfg(runs_dir: Path, *extra: str):
-    return compose_config(["task=points", "logger=wandb", "logger.mode=offline", f"paths.runs_dir={runs_dir}",
-                           "trainer.progress_bar=false", *extra])
+    return compose_config(
+        ["task=points", "logger=wandb", "logger.mode=offline", f"paths.runs_dir={runs_dir}", "trainer.progress_bar=false", *extra]
+    )
 
 
 def test_offline_run_carries_metric_definitions_summaries_group_and_dimensions(tmp_path, offline_wandb):

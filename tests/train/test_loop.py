@@ -32,8 +32,9 @@ def _rows(run_dir: str | Path) -> list[tuple[int, str, float | str]]:
     # wall-clock timings differ between runs by nature; everything else must match exactly (NaN as a marker, since
     # NaN != NaN: e.g. L/L_base of the self-check task, whose baseline c·x is exact)
     # compute/* is measured once per session (a resumed run measures its new machine again)
-    return [(s, m, "nan" if v != v else v) for s, m, v in read_results(Path(run_dir) / "metrics.csv")
-            if not m.startswith(("time/", "compute/"))]
+    return [
+        (s, m, "nan" if v != v else v) for s, m, v in read_results(Path(run_dir) / "metrics.csv") if not m.startswith(("time/", "compute/"))
+    ]
 
 
 def test_interrupted_run_resumes_exactly(tmp_path):
@@ -44,7 +45,10 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     # rows logged after the last checkpoint (step 20) exist now and must be replaced, not duplicated
     partial = _rows(Path(ref["run_dir"].replace(str(tmp_path / "a"), str(tmp_path / "b"))))
     assert max(s for s, _, _ in partial) == 25
-    assert load_checkpoint(Path(partial and ref["run_dir"].replace(str(tmp_path / "a"), str(tmp_path / "b"))) / "checkpoints/last.pt")["step"] == 20
+    assert (
+        load_checkpoint(Path(partial and ref["run_dir"].replace(str(tmp_path / "a"), str(tmp_path / "b"))) / "checkpoints/last.pt")["step"]
+        == 20
+    )
     resumed = train(_cfg(tmp_path / "b", "trainer.ema_decay=0.9"))
     assert resumed["run_id"] == ref["run_id"] and not resumed["skipped"]
     assert _rows(resumed["run_dir"]) == _rows(ref["run_dir"])
@@ -71,9 +75,21 @@ def test_equivariance_metrics_are_logged(tmp_path):
     steps = sorted({s for s, m, _ in rows if m == "equiv/mse/pct"})
     assert steps == [0, 10, 20, 30, 40]
     names = {m for _, m, _ in rows}
-    for key in ("equiv/mse/total", "equiv/mse/mean", "equiv/mse/equiv", "equiv/mse/pct_q90", "equiv/mse/pct_se",
-                "equiv/mse/total_rel_null", "equiv/mse/grad_norm_ratio", "equiv_floor/mse/equiv", "equiv/mse/pct_net",
-                "equiv_cube/mse/pct", "equiv/l2mae/pct", "train/loss", "train/lr"):
+    for key in (
+        "equiv/mse/total",
+        "equiv/mse/mean",
+        "equiv/mse/equiv",
+        "equiv/mse/pct_q90",
+        "equiv/mse/pct_se",
+        "equiv/mse/total_rel_null",
+        "equiv/mse/grad_norm_ratio",
+        "equiv_floor/mse/equiv",
+        "equiv/mse/pct_net",
+        "equiv_cube/mse/pct",
+        "equiv/l2mae/pct",
+        "train/loss",
+        "train/lr",
+    ):
         assert key in names, key
     floor = [v for _, m, v in rows if m == "equiv_floor/mse/equiv"]
     assert max(abs(v) for v in floor) < 1e-10  # the fitted equivariant baseline c·x rotates back exactly
@@ -112,24 +128,49 @@ def test_mixed_precision_paths_run_on_cpu(tmp_path, precision):
 
 def test_config_typo_fails_with_hydra_message(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "equivrepro.train", "task=points", "trainer.max_stpes=3", f"paths.runs_dir={tmp_path}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "equivrepro.train", "task=points", "trainer.max_stpes=3", f"paths.runs_dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Could not override 'trainer.max_stpes'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "equivrepro.train", "task=points", "model=no_such_model", f"paths.runs_dir={tmp_path}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "equivrepro.train", "task=points", "model=no_such_model", f"paths.runs_dir={tmp_path}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "no_such_model" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_ddp_on_cpu_with_gloo(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "equivrepro.train",
-           "task=points", "trainer.max_steps=6", "equivariance.every=3", "trainer.progress_bar=false", "logger=none", f"paths.runs_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "equivrepro.train",
+        "task=points",
+        "trainer.max_steps=6",
+        "equivariance.every=3",
+        "trainer.progress_bar=false",
+        "logger=none",
+        f"paths.runs_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = next(p for p in tmp_path.iterdir() if p.name.startswith("points-"))
-    assert json.loads((run_dir / "status.json").read_text()) ["state"] == "finished"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     steps = {s for s, m, _ in read_results(run_dir / "metrics.csv") if m == "equiv/mse/pct"}
     assert steps == {0, 3, 6}
 

@@ -400,7 +400,10 @@ class ProteinaTransformer(nn.Module):
         # tokens
         x_t = x_t * m
         sc = torch.zeros_like(x_t) if x_sc is None else x_sc * m
-        seq = torch.cat([index_embedding(residue_index, self.index_emb_dim).to(x_t.dtype), chain_break[..., None].to(x_t.dtype), sc], dim=-1) * m
+        seq = (
+            torch.cat([index_embedding(residue_index, self.index_emb_dim).to(x_t.dtype), chain_break[..., None].to(x_t.dtype), sc], dim=-1)
+            * m
+        )
         x = (self.coords_in(x_t) + self.seq_in(seq)) * m
         z = self.pair_features(x_t, None if x_sc is None else sc, residue_index, t, mask)
         # registers

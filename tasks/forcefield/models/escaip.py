@@ -8,7 +8,6 @@ paper and the architecture notes; no upstream code is used.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -91,8 +90,16 @@ class EdgeEmbedding(nn.Module):
         src_atom, tgt_atom = self.source_atom(z), self.target_atom(z)
         expand = lambda t: t[:, None, :].expand(-1, m, -1)  # noqa: E731  receiver i
         dist = self.distance(rbf)
-        return torch.cat([dist, src_dir[neighbors].to(dist.dtype), src_atom[neighbors].to(dist.dtype),
-                          expand(tgt_dir).to(dist.dtype), expand(tgt_atom).to(dist.dtype)], dim=-1)
+        return torch.cat(
+            [
+                dist,
+                src_dir[neighbors].to(dist.dtype),
+                src_atom[neighbors].to(dist.dtype),
+                expand(tgt_dir).to(dist.dtype),
+                expand(tgt_atom).to(dist.dtype),
+            ],
+            dim=-1,
+        )
 
 
 class NeighborAttention(nn.Module):
@@ -325,8 +332,15 @@ class EScAIP(nn.Module):
         self.hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
 
         def embedding() -> EdgeEmbedding:
-            return EdgeEmbedding(max_num_elements, atom_embedding_size, edge_distance_expansion_size, edge_distance_embedding_size,
-                                 node_direction_expansion_size, node_direction_embedding_size, mlp_dropout)
+            return EdgeEmbedding(
+                max_num_elements,
+                atom_embedding_size,
+                edge_distance_expansion_size,
+                edge_distance_embedding_size,
+                node_direction_expansion_size,
+                node_direction_embedding_size,
+                mlp_dropout,
+            )
 
         self.rbf = GaussianSmearing(cutoff, edge_distance_expansion_size)
         self.input_block = InputBlock(embedding(), hidden_size, mlp_dropout)
@@ -397,8 +411,10 @@ class EScAIP(nn.Module):
 
     def extra_repr(self) -> str:
         h = self.hparams
-        return (f"hidden={h['hidden_size']}, layers={h['num_layers']}, heads={h['num_heads']}, cutoff={h['cutoff']} Å, "
-                f"k={h['max_neighbors']}, energy_reduce={h['energy_reduce']}, force_head_tied={h['force_head_tied']}")
+        return (
+            f"hidden={h['hidden_size']}, layers={h['num_layers']}, heads={h['num_heads']}, cutoff={h['cutoff']} Å, "
+            f"k={h['max_neighbors']}, energy_reduce={h['energy_reduce']}, force_head_tied={h['force_head_tied']}"
+        )
 
 
 def parameter_count(**kwargs) -> int:

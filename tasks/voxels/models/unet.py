@@ -7,7 +7,7 @@ its time embedding, since there is a single noise level σ). Equations and layou
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -136,9 +136,7 @@ class VoxUNet(nn.Module):
                 skips.append(ch)
         self.down = nn.ModuleList(down)
 
-        self.middle = nn.Sequential(
-            ResidualBlock(ch, ch, n_groups, dropout), VoxelAttention(ch), ResidualBlock(ch, ch, n_groups, dropout)
-        )
+        self.middle = nn.Sequential(ResidualBlock(ch, ch, n_groups, dropout), VoxelAttention(ch), ResidualBlock(ch, ch, n_groups, dropout))
 
         up: list[nn.Module] = []
         for i in reversed(range(self.n_levels)):

@@ -19,8 +19,12 @@ def _chains(gen, b=6, n=20, dtype=torch.float64):
     mask = torch.arange(n)[None, :] < lengths[:, None]
     steps = torch.randn(b, n, 3, generator=gen, dtype=dtype)
     x1 = center_points(torch.cumsum(0.38 * steps / steps.norm(dim=-1, keepdim=True), dim=1), mask)
-    return {"x1": x1, "residue_index": torch.arange(1, n + 1).expand(b, n).clone(), "chain_break": torch.zeros(b, n, dtype=dtype),
-            "mask": mask}
+    return {
+        "x1": x1,
+        "residue_index": torch.arange(1, n + 1).expand(b, n).clone(),
+        "chain_break": torch.zeros(b, n, dtype=dtype),
+        "mask": mask,
+    }
 
 
 class _EchoXt(torch.nn.Module):

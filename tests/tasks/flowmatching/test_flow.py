@@ -117,7 +117,9 @@ def test_sampler_writes_a_readable_ca_pdb(tmp_path, gen):
     from tasks.flowmatching.models.proteina import ProteinaTransformer
 
     torch.manual_seed(0)
-    model = ProteinaTransformer(dim=32, depth=1, heads=2, pair_dim=8, dim_cond=16, time_emb_dim=16, index_emb_dim=16, num_registers=2).eval()
+    model = ProteinaTransformer(
+        dim=32, depth=1, heads=2, pair_dim=8, dim_cond=16, time_emb_dim=16, index_emb_dim=16, num_registers=2
+    ).eval()
     mask = _mask([30, 22], 30)
     x = euler_sample(model, mask, steps=4, self_conditioning=True, generator=gen)
     assert x.shape == (2, 30, 3) and torch.isfinite(x).all() and torch.all(x[~mask] == 0)

@@ -41,7 +41,9 @@ def test_sampling_from_a_checkpoint_uses_the_ema_weights(tmp_path):
     loaded = script.load_model(str(ckpt), None, "ema")
     assert torch.equal(loaded.coords_out.weight, ema["coords_out.weight"])
     assert torch.equal(script.load_model(str(ckpt), None, "model").coords_out.weight, model.coords_out.weight)
-    (path,) = script.main(["--checkpoint", str(ckpt), "--lengths", "30", "--steps", "2", "--self-conditioning", "--out", str(tmp_path / "s")])
+    (path,) = script.main(
+        ["--checkpoint", str(ckpt), "--lengths", "30", "--steps", "2", "--self-conditioning", "--out", str(tmp_path / "s")]
+    )
     assert _ca_count(path) == 30
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -52,7 +52,7 @@ def test_evaluation_batches_share_one_noise_draw(gen):
     assert list(evals) == ["t=0", "t=0.2", "t=0.4", "t=0.6", "t=0.8", "t=0.9", "t=0.95", "t=0.99"]
     x0s = [eb["x0"] for eb in evals.values()]
     assert all(torch.equal(x0s[0], x) for x in x0s)
-    for (key, eb), t in zip(evals.items(), PAPER_EVAL_TIMES):
+    for eb, t in zip(evals.values(), PAPER_EVAL_TIMES):
         assert torch.all(eb["t"] == t) and eb["t"].shape == (3,)
     m = batch["mask"][..., None]
     assert ((x0s[0] * m).sum(1) / m.sum(1)).abs().max() < 1e-12 and torch.all(x0s[0][~batch["mask"]] == 0)

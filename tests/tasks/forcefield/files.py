@@ -60,8 +60,9 @@ def standard_groups(n_molecules: int = 6, m: int = 3) -> dict[str, dict[str, np.
     return out
 
 
-def write_extxyz(path: Path, frames: list[dict], energy_key: str = "energy", forces_key: str = "forces",
-                 extra: str = 'config_type="PubChem"') -> Path:
+def write_extxyz(
+    path: Path, frames: list[dict], energy_key: str = "energy", forces_key: str = "forces", extra: str = 'config_type="PubChem"'
+) -> Path:
     """Frames ``{"symbols": [...], "pos": (N,3) Å, "forces": (N,3) eV/Å, "energy": eV}`` in MACE-OFF's layout."""
     lines = []
     for fr in frames:
@@ -79,10 +80,12 @@ def xyz_frames(n: int, seed: int = 0) -> list[dict]:
     frames = []
     for i in range(n):
         symbols = ["O", "H", "H"] if i % 2 == 0 else ["C", "O", "H", "H", "H", "H"]
-        frames.append({
-            "symbols": symbols,
-            "pos": spread_atoms(rng, len(symbols), 1.2),  # Å, ≥ 0.96 Å apart
-            "forces": rng.normal(0, 1.0, size=(len(symbols), 3)),
-            "energy": float(-2080.0 + rng.normal()),
-        })
+        frames.append(
+            {
+                "symbols": symbols,
+                "pos": spread_atoms(rng, len(symbols), 1.2),  # Å, ≥ 0.96 Å apart
+                "forces": rng.normal(0, 1.0, size=(len(symbols), 3)),
+                "energy": float(-2080.0 + rng.normal()),
+            }
+        )
     return frames

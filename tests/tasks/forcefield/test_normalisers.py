@@ -28,13 +28,29 @@ def _groups(energy_spread_ha: float):
 
 def _run(tmp_path, name: str, spread: float, *extra: str):
     path = write_spice(tmp_path / f"{name}.h5", _groups(spread))
-    cfg = compose_config([
-        "experiment=forcefield_smoke", "data=spice", f"data.path={path}", "data.heldout_size=2", "data.neutral_only=false", "logger=none",
-        f"paths.runs_dir={tmp_path / name}", "trainer.max_steps=2", "trainer.batch_size=4", "trainer.log_every=1",
-        "trainer.progress_bar=false", "equivariance.every=0", "equivariance.log_points=0", "equivariance.num_samples=2",
-        "equivariance.baseline_samples=4", "equivariance.k=3", "equivariance.grad_norms=false",
-        *[f"model.{k}={v}" for k, v in TINY.items()], *extra,
-    ])
+    cfg = compose_config(
+        [
+            "experiment=forcefield_smoke",
+            "data=spice",
+            f"data.path={path}",
+            "data.heldout_size=2",
+            "data.neutral_only=false",
+            "logger=none",
+            f"paths.runs_dir={tmp_path / name}",
+            "trainer.max_steps=2",
+            "trainer.batch_size=4",
+            "trainer.log_every=1",
+            "trainer.progress_bar=false",
+            "equivariance.every=0",
+            "equivariance.log_points=0",
+            "equivariance.num_samples=2",
+            "equivariance.baseline_samples=4",
+            "equivariance.k=3",
+            "equivariance.grad_norms=false",
+            *[f"model.{k}={v}" for k, v in TINY.items()],
+            *extra,
+        ]
+    )
     out = train(cfg)
     rows = read_results(RunDir(out["run_dir"]).metrics_path)
     return out, {m: v for s, m, v in rows if s == 1}

@@ -61,17 +61,37 @@ def test_training_loss_is_escaips_weighted_mae_in_normalised_units(gen):
 def test_harness_trains_the_tiny_model_and_logs_the_decomposition(tmp_path):
     path = write_spice(tmp_path / "ff.h5", standard_groups(8, 3))
     model = [f"model.{k}={v}" for k, v in TINY.items()]
-    cfg = compose_config([
-        "task=forcefield", "logger=none", f"paths.runs_dir={tmp_path / 'runs'}", f"data.path={path}", "data.heldout_size=2",
-        "trainer.max_steps=6", "trainer.batch_size=4", "trainer.progress_bar=false", "trainer.checkpoint_every=3",
-        "equivariance.every=3", "equivariance.num_samples=4", "equivariance.k=3", "equivariance.batch_size=4",
-        "equivariance.cube_group=true", *model,
-    ])
+    cfg = compose_config(
+        [
+            "task=forcefield",
+            "logger=none",
+            f"paths.runs_dir={tmp_path / 'runs'}",
+            f"data.path={path}",
+            "data.heldout_size=2",
+            "trainer.max_steps=6",
+            "trainer.batch_size=4",
+            "trainer.progress_bar=false",
+            "trainer.checkpoint_every=3",
+            "equivariance.every=3",
+            "equivariance.num_samples=4",
+            "equivariance.k=3",
+            "equivariance.batch_size=4",
+            "equivariance.cube_group=true",
+            *model,
+        ]
+    )
     out = train(cfg)
     rows = read_results(out["run_dir"] + "/metrics.csv")
     names = {m for _, m, _ in rows}
-    for key in ("train/loss", "train/forces_l2mae", "equiv/forces/pct", "equiv/forces_l2mae/pct", "equiv/energy/pct",
-                "equiv/forces/total_rel_null", "equiv_cube/forces/pct"):
+    for key in (
+        "train/loss",
+        "train/forces_l2mae",
+        "equiv/forces/pct",
+        "equiv/forces_l2mae/pct",
+        "equiv/energy/pct",
+        "equiv/forces/total_rel_null",
+        "equiv_cube/forces/pct",
+    ):
         assert key in names, key
     pct = [v for s, m, v in rows if m == "equiv/forces/pct_plugin"]
     assert len(pct) == 3 and all(0.05 < v <= 1 for v in pct)  # far from equivariant this early

@@ -19,7 +19,9 @@ from tests.tasks.voxels.molecules import conformer_mols, write_pickle
 @pytest.fixture(scope="module")
 def small_pickle(tmp_path_factory):
     root = tmp_path_factory.mktemp("voxels_data")
-    records = [(f"{smi}.{i}", conformer_mols(smi, 3, seed=i, scale=0.5)) for i, smi in enumerate(["CCO", "CCN", "OCO", "CS", "CCC", "NCN"] * 2)]
+    records = [
+        (f"{smi}.{i}", conformer_mols(smi, 3, seed=i, scale=0.5)) for i, smi in enumerate(["CCO", "CCN", "OCO", "CS", "CCC", "NCN"] * 2)
+    ]
     return write_pickle(root / "train_data.pickle", records)
 
 
@@ -70,13 +72,31 @@ def test_harness_trains_and_decomposes_the_voxel_task(small_pickle, tmp_path):
     """Three training steps and two equivariance evaluations (Haar, floor, cube group) through the real harness."""
     from equivrepro.train.loop import train
 
-    out = train(compose_config([
-        "task=voxels", "logger=none", f"paths.runs_dir={tmp_path}", "trainer.progress_bar=false",
-        f"data.path={small_pickle}", "data.heldout_size=2", "~data.generate", "task.grid_size=16",
-        "trainer.max_steps=3", "trainer.batch_size=2", "trainer.checkpoint_every=3",
-        "equivariance.every=3", "equivariance.num_samples=2", "equivariance.k=3", "equivariance.batch_size=2",
-        "equivariance.floor=true", "equivariance.cube_group=true", "equivariance.baseline_samples=4", "equivariance.spectrum_l_max=4",
-    ]))
+    out = train(
+        compose_config(
+            [
+                "task=voxels",
+                "logger=none",
+                f"paths.runs_dir={tmp_path}",
+                "trainer.progress_bar=false",
+                f"data.path={small_pickle}",
+                "data.heldout_size=2",
+                "~data.generate",
+                "task.grid_size=16",
+                "trainer.max_steps=3",
+                "trainer.batch_size=2",
+                "trainer.checkpoint_every=3",
+                "equivariance.every=3",
+                "equivariance.num_samples=2",
+                "equivariance.k=3",
+                "equivariance.batch_size=2",
+                "equivariance.floor=true",
+                "equivariance.cube_group=true",
+                "equivariance.baseline_samples=4",
+                "equivariance.spectrum_l_max=4",
+            ]
+        )
+    )
     m = out["metrics"]
     assert out["step"] == 3
     assert math.isfinite(m["equiv/denoise/pct"]) and m["equiv/denoise/total"] > 0

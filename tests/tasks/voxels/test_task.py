@@ -118,7 +118,9 @@ def test_equivariant_filter_on_the_clean_grid_has_no_floor_in_fft_mode(gen):
         task = VoxelDenoisingTask(grid_size=32, noise_rotation=mode, output_rotation=mode)
         batch = task.evaluation_batches(molecule_batch(2, 8, torch.Generator().manual_seed(4), spread=0.7), gen)[""]
         batch["noise"] = torch.zeros_like(batch["noise"])
-        dec = twirl_decomposition(lambda b: {"grid": _blur(task.noisy_input(b))}, task, batch, haar_rotations(4, gen, torch.float64))
+        dec = twirl_decomposition(
+            lambda b, task=task: {"grid": _blur(task.noisy_input(b))}, task, batch, haar_rotations(4, gen, torch.float64)
+        )
         pcts[mode] = float(dec["denoise"].pct)
     assert pcts["fft"] <= 1e-5 and pcts["bilinear"] > 1e-4, pcts
 
@@ -234,9 +236,16 @@ def test_tiny_unet_decomposition_runs_with_haar_rotations(gen):
     assert s["total"] == pytest.approx(s["mean"] + s["equiv"], rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs, match", [({"reduction": "avg"}, "reduction"), ({"noise_rotation": "cubic"}, "noise_rotation"),
-                                           ({"output_rotation": "spline"}, "output_rotation"),
-                                           ({"null_predictor": "mean"}, "null_predictor"), ({"sigma": 0.0}, "sigma")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"reduction": "avg"}, "reduction"),
+        ({"noise_rotation": "cubic"}, "noise_rotation"),
+        ({"output_rotation": "spline"}, "output_rotation"),
+        ({"null_predictor": "mean"}, "null_predictor"),
+        ({"sigma": 0.0}, "sigma"),
+    ],
+)
 def test_bad_settings_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VoxelDenoisingTask(**kwargs)

@@ -14,8 +14,9 @@ from tasks.voxels.voxelizer import GAUSSIAN_WIDTH_FACTOR, Voxelizer, voxel_axis,
 
 def _one_atom(pos, grid_size=32, resolution=0.25, radius=0.5, window=5, dtype=torch.float64):
     x = torch.tensor([[pos]], dtype=dtype)
-    return voxelize(x, torch.zeros(1, 1, dtype=torch.long), None, n_channels=1, grid_size=grid_size, resolution=resolution,
-                    radius=radius, window=window)
+    return voxelize(
+        x, torch.zeros(1, 1, dtype=torch.long), None, n_channels=1, grid_size=grid_size, resolution=resolution, radius=radius, window=window
+    )
 
 
 @pytest.mark.parametrize("pos", [(0.0, 0.0, 0.0), (0.113, -0.271, 0.05), (0.125, 0.0, -0.375)])

@@ -14,8 +14,16 @@ from equivrepro.train.app import compose_config
 from tasks.forcefield.models.escaip import EScAIP, parameter_count
 from tasks.forcefield.task import ForceFieldTask
 
-TINY = dict(hidden_size=16, num_layers=2, num_heads=2, atom_embedding_size=8, edge_distance_expansion_size=16,
-            edge_distance_embedding_size=16, node_direction_embedding_size=8, max_neighbors=6)
+TINY = dict(
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    atom_embedding_size=8,
+    edge_distance_expansion_size=16,
+    edge_distance_embedding_size=16,
+    node_direction_embedding_size=8,
+    max_neighbors=6,
+)
 
 
 def _model_kwargs(name: str) -> dict:
