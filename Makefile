@@ -3,6 +3,7 @@
 #   make test                   the test suite
 #   make bench                  benchmarks (speed/overhead targets live here, not in tests)
 #   make reproduce-figures      every paper figure (SCALE=smoke on a CPU, SCALE=paper from cluster runs)
+#   make reproduce-efficiency-gap  equivariant vs augmented vs twirled at equal compute (SCALE=smoke / paper)
 # Cluster users: `make venv TORCH_SPEC="torch==2.5.1" TORCH_INDEX=https://download.pytorch.org/whl/cu124`
 # or `conda env create -f environment.yml`.
 
@@ -42,11 +43,13 @@ test: venv
 test-fast: venv
 	WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow" tests
 
-# speed and memory targets: the decomposition's overhead (≤ 1.15 × K plain forward passes) and the readers' streaming
-# (peak RSS < 2 GB, independent of file size, at 100k and 500k conformers)
+# speed and memory targets: the decomposition's overhead (≤ 1.15 × K plain forward passes), then every task's own
+# benchmarks (tasks/<task>/bench_*.py, e.g. the force-field readers' streaming: peak RSS < 2 GB, independent of size)
+TASK_BENCHES := $(subst /,.,$(patsubst %.py,%,$(wildcard tasks/*/bench_*.py)))
+
 bench: venv
 	$(PY) scripts/bench_decomposition.py
-	$(PY) scripts/bench_readers.py
+	$(foreach b,$(TASK_BENCHES),$(PY) -m $(b) &&) true
 
 clean-venv:
 	rm -rf $(VENV)
@@ -57,6 +60,7 @@ data: venv
 
 -include make/figures.mk
 -include make/analysis.mk
+-include make/efficiency.mk
 
 lint: venv
 	$(PY) -m ruff check .

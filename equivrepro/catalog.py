@@ -23,17 +23,33 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 
 __all__ = [
-    "CARDS_DIR", "SCALES", "STANDARD_FIGURES", "HEADLINE", "SweepSpec", "FigureSpec", "EmbeddedData", "TaskCard",
-    "cards", "card", "sweeps", "figures", "reproduce_figures", "drawing_function", "CatalogError",
-    "EfficiencyFamily", "EfficiencySpec", "MEAN_OVER_SUFFIXES",
+    "CARDS_DIR",
+    "SCALES",
+    "STANDARD_FIGURES",
+    "HEADLINE",
+    "SweepSpec",
+    "FigureSpec",
+    "EmbeddedData",
+    "TaskCard",
+    "cards",
+    "card",
+    "sweeps",
+    "figures",
+    "reproduce_figures",
+    "drawing_function",
+    "CatalogError",
+    "EfficiencyFamily",
+    "EfficiencySpec",
+    "MEAN_OVER_SUFFIXES",
 ]
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "configs" / "reproduce"
@@ -51,8 +67,21 @@ STANDARD_FIGURES: dict[str, tuple[str, str]] = {
     "attribution": ("spectrum.attribution", "share of L_equiv per entity bin (element / distance / sequence position / radius)"),
 }
 
-_CARD_KEYS = {"task", "title", "order", "in_reproduce", "experiments", "embedded_data", "dimensions", "sweeps", "figures", "without_figures",
-              "analysis", "figure_defaults", "efficiency"}
+_CARD_KEYS = {
+    "task",
+    "title",
+    "order",
+    "in_reproduce",
+    "experiments",
+    "embedded_data",
+    "dimensions",
+    "sweeps",
+    "figures",
+    "without_figures",
+    "analysis",
+    "figure_defaults",
+    "efficiency",
+}
 _FIGURE_KEYS = {"sweeps", "draw", "about", "kwargs", "paper_kwargs", "reproduce"}
 
 
@@ -223,8 +252,11 @@ def _load_efficiency(raw: Any, task: str, path: Path) -> EfficiencySpec:
         return tuple((v or "").split())
 
     def models(v: Any, where: str) -> tuple[str, ...]:
-        _require(isinstance(v, list) and v and all(isinstance(m, str) for m in v), path,
-                 f"{where} must be a non-empty list of model config names (configs/model/<name>.yaml), smallest first")
+        _require(
+            isinstance(v, list) and v and all(isinstance(m, str) for m in v),
+            path,
+            f"{where} must be a non-empty list of model config names (configs/model/<name>.yaml), smallest first",
+        )
         missing = [m for m in v if not (MODEL_CONFIG_DIR / f"{m}.yaml").exists()]
         _require(not missing, path, f"{where}: no model config {missing} in {MODEL_CONFIG_DIR}")
         _require(len(set(v)) == len(v), path, f"{where} lists a model twice: {v}")
@@ -240,19 +272,31 @@ def _load_efficiency(raw: Any, task: str, path: Path) -> EfficiencySpec:
     families: dict[str, EfficiencyFamily] = {}
     for label, f in fams_raw.items():
         where = f"efficiency.families.{label}"
-        _require(isinstance(label, str) and label.strip() != "", path,
-                 f"efficiency.families: a family label must be a non-empty string, got {label!r}")
+        _require(
+            isinstance(label, str) and label.strip() != "",
+            path,
+            f"efficiency.families: a family label must be a non-empty string, got {label!r}",
+        )
         _require(isinstance(f, dict), path, f"{where} must be a mapping with models (and overrides, equivariant)")
         unknown = set(f) - _FAMILY_KEYS
         _require(not unknown, path, f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_FAMILY_KEYS)})")
         _require("models" in f, path, f"{where}.models is missing")
         _require(isinstance(f.get("equivariant", False), bool), path, f"{where}.equivariant must be true or false")
         fam_overrides = _per_scale(f.get("overrides"), path, f"{where}.overrides", overrides)
-        _require(not any(o.startswith("model=") for v in fam_overrides.values() for o in v), path,
-                 f"{where}.overrides must not choose the model ({where}.models does)")
+        _require(
+            not any(o.startswith("model=") for v in fam_overrides.values() for o in v),
+            path,
+            f"{where}.overrides must not choose the model ({where}.models does)",
+        )
         own_fit = _per_scale(f["fit_from_step"], path, f"{where}.fit_from_step", step) if "fit_from_step" in f else None
-        families[label] = EfficiencyFamily(label, _per_scale(f["models"], path, f"{where}.models", models), fam_overrides,
-                                           bool(f.get("equivariant", False)), str(f.get("about", "")), own_fit)
+        families[label] = EfficiencyFamily(
+            label,
+            _per_scale(f["models"], path, f"{where}.models", models),
+            fam_overrides,
+            bool(f.get("equivariant", False)),
+            str(f.get("about", "")),
+            own_fit,
+        )
     reference = raw.get("reference", next(iter(families)))
     _require(reference in families, path, f"efficiency.reference must be one of the families {sorted(families)}, got {reference!r}")
     _require(not families[reference].equivariant, path, f"efficiency.reference {reference!r} must be a non-equivariant family")
@@ -261,20 +305,30 @@ def _load_efficiency(raw: Any, task: str, path: Path) -> EfficiencySpec:
     if tw is not None:
         _require(isinstance(tw, dict) and set(tw) <= {"from", "k"}, path, "efficiency.twirled must be a mapping with 'from' and 'k'")
         twirl_from = tw.get("from", reference)
-        _require(twirl_from in families and not families[twirl_from].equivariant, path,
-                 f"efficiency.twirled.from must name a non-equivariant family of {sorted(families)}, got {twirl_from!r}")
+        _require(
+            twirl_from in families and not families[twirl_from].equivariant,
+            path,
+            f"efficiency.twirled.from must name a non-equivariant family of {sorted(families)}, got {twirl_from!r}",
+        )
         ks = tw.get("k")
-        _require(isinstance(ks, list) and ks and all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in ks), path,
-                 f"efficiency.twirled.k must be a non-empty list of rotation counts >= 2, got {ks!r}")
+        _require(
+            isinstance(ks, list) and ks and all(isinstance(k, int) and not isinstance(k, bool) and k >= 2 for k in ks),
+            path,
+            f"efficiency.twirled.k must be a non-empty list of rotation counts >= 2, got {ks!r}",
+        )
         twirl_k = tuple(sorted(set(ks)))
     metric = raw.get("metric") or {}
-    _require(isinstance(metric, dict) and set(metric) <= {"term", "suffix"}, path,
-             "efficiency.metric must be a mapping with 'term' and/or 'suffix'")
+    _require(
+        isinstance(metric, dict) and set(metric) <= {"term", "suffix"},
+        path,
+        "efficiency.metric must be a mapping with 'term' and/or 'suffix'",
+    )
     term = metric.get("term")
     _require(term is None or (isinstance(term, str) and term), path, f"efficiency.metric.term must name a loss term, got {term!r}")
     suffix = metric.get("suffix", "")
-    _require(isinstance(suffix, str), path,
-             f"efficiency.metric.suffix must be a string (an evaluation suffix, '' or '{MEAN_OVER_SUFFIXES}')")
+    _require(
+        isinstance(suffix, str), path, f"efficiency.metric.suffix must be a string (an evaluation suffix, '' or '{MEAN_OVER_SUFFIXES}')"
+    )
     fit_from = _per_scale(raw.get("fit_from_step", 0), path, "efficiency.fit_from_step", step)
     return EfficiencySpec(task, str(raw.get("about", "")), base, families, reference, twirl_from, twirl_k, term, suffix, fit_from)
 
@@ -294,43 +348,84 @@ def _load_card(path: Path) -> TaskCard:
     sweeps = {}
     for name, s in sweeps_raw.items():
         _require(isinstance(s, dict), path, f"sweeps.{name} must be a mapping with about / smoke / paper")
-        sweeps[name] = SweepSpec(task, str(name), str(s.get("about", "")), _split(s.get("smoke"), path, f"sweeps.{name}.smoke"),
-                                 _split(s.get("paper"), path, f"sweeps.{name}.paper"))
+        sweeps[name] = SweepSpec(
+            task,
+            str(name),
+            str(s.get("about", "")),
+            _split(s.get("smoke"), path, f"sweeps.{name}.smoke"),
+            _split(s.get("paper"), path, f"sweeps.{name}.paper"),
+        )
     defaults = raw.get("figure_defaults") or {}
     figs: dict[str, FigureSpec] = {}
     without = raw.get("without_figures") or []
-    _require(isinstance(without, list) and all(w in STANDARD_FIGURES for w in without), path,
-             f"'without_figures' must list standard figures ({sorted(STANDARD_FIGURES)}), got {without!r}")
+    _require(
+        isinstance(without, list) and all(w in STANDARD_FIGURES for w in without),
+        path,
+        f"'without_figures' must list standard figures ({sorted(STANDARD_FIGURES)}), got {without!r}",
+    )
     for short, (draw, about) in STANDARD_FIGURES.items():
         if short in without:
             continue
-        figs[f"{task}-{short}"] = FigureSpec(f"{task}-{short}", task, (sweeps["default"].key,), draw, about,
-                                             paper_kwargs=dict(defaults.get("paper_kwargs") or {}), reproduce=True)
+        figs[f"{task}-{short}"] = FigureSpec(
+            f"{task}-{short}",
+            task,
+            (sweeps["default"].key,),
+            draw,
+            about,
+            paper_kwargs=dict(defaults.get("paper_kwargs") or {}),
+            reproduce=True,
+        )
     for short, f in (raw.get("figures") or {}).items():
         where = f"figures.{short}"
         _require(isinstance(f, dict), path, f"{where} must be a mapping")
         unknown = set(f) - _FIGURE_KEYS
         _require(not unknown, path, f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_FIGURE_KEYS)})")
         names = f.get("sweeps") or []
-        _require(isinstance(names, list) and names and all(n in sweeps for n in names), path,
-                 f"{where}.sweeps must list sweeps of this card ({sorted(sweeps)}), got {names!r}")
-        _require(isinstance(f.get("draw"), str), path, f"{where}.draw must name a drawing function (equivrepro.plots.figures.<name> or <module>.<name>)")
+        _require(
+            isinstance(names, list) and names and all(n in sweeps for n in names),
+            path,
+            f"{where}.sweeps must list sweeps of this card ({sorted(sweeps)}), got {names!r}",
+        )
+        _require(
+            isinstance(f.get("draw"), str),
+            path,
+            f"{where}.draw must name a drawing function (equivrepro.plots.figures.<name> or <module>.<name>)",
+        )
         full = f"{task}-{short}"
         _require(full not in figs, path, f"{where}: {full} is a standard figure; choose another name")
-        figs[full] = FigureSpec(full, task, tuple(sweeps[n].key for n in names), f["draw"], str(f.get("about", "")),
-                                dict(f.get("kwargs") or {}), {**(defaults.get("paper_kwargs") or {}), **(f.get("paper_kwargs") or {})},
-                                bool(f.get("reproduce", False)))
+        figs[full] = FigureSpec(
+            full,
+            task,
+            tuple(sweeps[n].key for n in names),
+            f["draw"],
+            str(f.get("about", "")),
+            dict(f.get("kwargs") or {}),
+            {**(defaults.get("paper_kwargs") or {}), **(f.get("paper_kwargs") or {})},
+            bool(f.get("reproduce", False)),
+        )
     data = []
     for i, d in enumerate(raw.get("embedded_data") or []):
-        _require(isinstance(d, dict) and isinstance(d.get("path"), str) and isinstance(d.get("module"), str), path,
-                 f"embedded_data[{i}] needs 'path' and 'module'")
+        _require(
+            isinstance(d, dict) and isinstance(d.get("path"), str) and isinstance(d.get("module"), str),
+            path,
+            f"embedded_data[{i}] needs 'path' and 'module'",
+        )
         data.append(EmbeddedData(d["path"], d["module"], tuple(str(a) for a in d.get("args") or ())))
     experiments = dict(raw.get("experiments") or {})
     _require(set(experiments) == set(SCALES), path, f"'experiments' must name one experiment per scale {SCALES}, got {sorted(experiments)}")
     return TaskCard(
-        task=task, title=str(raw.get("title", task)), order=int(raw.get("order", 100)), in_reproduce=bool(raw.get("in_reproduce", False)),
-        experiments=experiments, embedded_data=tuple(data), dimensions=tuple(raw.get("dimensions") or ()), sweeps=sweeps,
-        figures=figs, analysis=dict(raw.get("analysis") or {}), source=path, without_figures=tuple(without),
+        task=task,
+        title=str(raw.get("title", task)),
+        order=int(raw.get("order", 100)),
+        in_reproduce=bool(raw.get("in_reproduce", False)),
+        experiments=experiments,
+        embedded_data=tuple(data),
+        dimensions=tuple(raw.get("dimensions") or ()),
+        sweeps=sweeps,
+        figures=figs,
+        analysis=dict(raw.get("analysis") or {}),
+        source=path,
+        without_figures=tuple(without),
         efficiency=_load_efficiency(raw["efficiency"], task, path) if raw.get("efficiency") is not None else None,
     )
 
@@ -361,10 +456,21 @@ def sweeps(cards_dir: str | Path | None = None) -> dict[str, SweepSpec]:
 def figures(cards_dir: str | Path | None = None) -> dict[str, FigureSpec]:
     """Every figure: the cross-task headline, then each task's standard and declared figures."""
     all_cards = cards(cards_dir)
-    out = {HEADLINE: FigureSpec(HEADLINE, None, tuple(c.default_sweep.key for c in all_cards.values() if c.in_reproduce),
-                                "headline", "pct vs training step, one panel per task (default runs)", reproduce=True,
-                                paper_kwargs={"smoothing": {c.task: c.figures[f"{c.task}-pct"].paper_kwargs.get("smoothing")
-                                                            for c in all_cards.values() if c.in_reproduce}})}
+    out = {
+        HEADLINE: FigureSpec(
+            HEADLINE,
+            None,
+            tuple(c.default_sweep.key for c in all_cards.values() if c.in_reproduce),
+            "headline",
+            "pct vs training step, one panel per task (default runs)",
+            reproduce=True,
+            paper_kwargs={
+                "smoothing": {
+                    c.task: c.figures[f"{c.task}-pct"].paper_kwargs.get("smoothing") for c in all_cards.values() if c.in_reproduce
+                }
+            },
+        )
+    }
     for c in all_cards.values():
         out.update(c.figures)
     return out

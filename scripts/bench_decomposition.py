@@ -19,19 +19,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from equivrepro.atomic import atomic_write_json  # noqa: E402
-from equivrepro.metrics import twirl_decomposition  # noqa: E402
-from equivrepro.rotations import fixed_rotation_set  # noqa: E402
-from equivrepro.testing.pointcloud import PointCloudTask, make_pointcloud_batch  # noqa: E402
+from equivrepro.atomic import atomic_write_json
+from equivrepro.metrics import twirl_decomposition
+from equivrepro.rotations import fixed_rotation_set
+from equivrepro.testing.pointcloud import PointCloudTask, make_pointcloud_batch
 
 
 class PointTransformer(nn.Module):

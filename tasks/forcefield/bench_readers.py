@@ -16,7 +16,9 @@ check) and a comparable extended-XYZ file into a temporary directory, then, in a
 Target: peak RSS under 2 GB and independent of the file size. Files are removed at the end (``--keep DIR``
 writes them there and keeps them).
 
-    .venv/bin/python scripts/bench_readers.py [--sizes 100000 500000] [--workers 2] [--batch-size 64]
+    .venv/bin/python -m tasks.forcefield.bench_readers [--sizes 100000 500000] [--workers 2] [--batch-size 64]
+
+`make bench` runs every ``tasks/<task>/bench_*.py`` this way.
 """
 
 from __future__ import annotations
@@ -34,10 +36,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
 
 BOHR_PER_ANGSTROM = 1.0 / 0.529177210903
 #: a small molecule (C2H6O composition): the atoms of every group are spread over a jittered lattice
@@ -189,7 +187,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     t0 = time.perf_counter()
                     (write_spice if fmt == "spice_hdf5" else write_extxyz)(path, size)
                     print(f"wrote {path.name} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.0f} s", flush=True)
-                cmd = [sys.executable, __file__, "--child", str(path), "--workers", str(args.workers), "--batch-size", str(args.batch_size)]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    __spec__.name,
+                    "--child",
+                    str(path),
+                    "--workers",
+                    str(args.workers),
+                    "--batch-size",
+                    str(args.batch_size),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
                 if out.returncode:
                     raise RuntimeError(f"benchmark of {path} failed:\n{out.stderr[-3000:]}")
