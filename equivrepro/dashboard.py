@@ -33,7 +33,8 @@ grouped panels show the mean over the runs of a group, seeds included, with its 
 4. *headline*: bars of the summaries pct min and pct final (``headline/[S/]T/…``) per group; with several
    suffixes, final pct at every suffix;
 5. where logged: the *degree spectrum* E_l against step (log–log) and at the end (bars), per term;
-6. where logged: *efficiency gap* points, final L_total against each ``compute/…`` summary (log–log).
+6. where logged: *efficiency gap* points, final L_total against each compute axis (:data:`COMPUTE_AXES`: parameters,
+   FLOPs and seconds per training step, FLOPs per inference; log–log).
 
 The run table pins the varying dimensions and the headline summaries, so a sweep sorts by min or final pct.
 """
@@ -64,13 +65,16 @@ from equivrepro.train.loggers import (
 
 log = logging.getLogger("equivrepro.dashboard")
 
-__all__ = ["RunInfo", "TaskView", "local_runs", "wandb_runs", "discover", "build_spec", "to_workspace", "main", "GROUPABLE"]
+__all__ = ["RunInfo", "TaskView", "local_runs", "wandb_runs", "discover", "build_spec", "to_workspace", "main", "GROUPABLE", "COMPUTE_AXES"]
 
 #: dimensions a panel may group by, in order of preference (seeds are replicates: averaged, never grouped;
 #: ``n_params`` says what ``model_label`` says)
 GROUPABLE = tuple(d for d in DIMENSIONS if d not in ("task", "seed", "n_params"))
 _LOSS_QUANTITIES = ("total", "mean", "equiv", "null_total", "baseline_total")
 _MIN_RUNS_SHOWN = 10
+#: the compute profile entries an efficiency-gap panel puts on its x-axis (``compute/<name>``, where logged); the
+#: rest of the profile (batch size, threads, FLOP spread, uncounted share) describes the measurement, not a budget
+COMPUTE_AXES = ("parameters", "flops_per_step", "seconds_per_step", "flops_per_inference")
 
 
 @dataclass
@@ -257,7 +261,7 @@ def discover(runs: Sequence[RunInfo]) -> list[TaskView]:
             ts: sorted(set(spectrum[ts]))
             for ts in sorted(spectrum, key=lambda ts: (rank.get(ts[0], len(rank)), ts[0], keys.suffix_sort_key(ts[1])))
         }
-        compute = sorted(m for m in names if m.split("/", 1)[0] == keys.COMPUTE)
+        compute = [keys.scalar_key(keys.COMPUTE, a) for a in COMPUTE_AXES if keys.scalar_key(keys.COMPUTE, a) in names]
         card = cards.get(task)
         suffix = card.suffix if card and card.suffix in suffixes[primary] else suffixes[primary][0]
         views.append(

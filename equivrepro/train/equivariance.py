@@ -23,7 +23,8 @@ changed, and it fits the task's cheap equivariant baseline on training samples. 
   the same copies; and at the *last* evaluation only (``callback(model, final=True)``) the error against rotation
   angle for the primary term, ``angle/[S/]T/{measured,predicted}_deg=<ω>[_se|_upper]`` — measured directly on the
   same held-out batches (``angle_rotations`` Haar g per sample, each compared with g·r_ω for every angle:
-  ``angle_rotations · (1 + #angles)`` extra copies per sample) and predicted from the spectrum;
+  ``angle_rotations · (1 + #angles)`` extra copies per sample; at the ``angle_suffixes`` only, default all) and
+  predicted from the spectrum;
 * with ``grad_norms``: ``equiv/[S/]T/{equiv_grad_norm,mean_grad_norm,grad_norm_ratio,grad_pct}`` on the *same*
   weights as pct (the evaluated model: the EMA weights when EMA is on) and, with ``grad_samples``, on the first that
   many held-out samples, whose own pct is ``grad_pct`` — so the ratio and its pct come from identical weights and
@@ -101,6 +102,7 @@ class EquivarianceCallback:
         attribution: bool | None = None,
         angle_degrees: Sequence[float] = (15.0, 30.0, 60.0, 90.0, 120.0, 180.0),
         angle_rotations: int = 2,
+        angle_suffixes: Sequence[str] | None = None,
         bootstrap: int = 1000,
         train_dataset=None,
         baseline_samples: int = 64,
@@ -118,6 +120,7 @@ class EquivarianceCallback:
         # the per-entity attribution and the angle curve come with the spectrum unless asked for separately
         self.want_attribution = spectrum_l_max is not None if attribution is None else bool(attribution)
         self.angle_degrees, self.angle_rotations = tuple(float(a) for a in angle_degrees), int(angle_rotations)
+        self.angle_suffixes = None if angle_suffixes is None else [str(s) for s in angle_suffixes]
         self.heldout = freeze_heldout(task, heldout_dataset, collate, num_samples, k, batch_size, seed, device=device, dtype=dtype)
         self.num_samples = self.heldout.num_samples
         self.cube = octahedral_group(dtype=dtype, device=device) if cube_group else None  # "final": at the last evaluation only
@@ -214,7 +217,7 @@ class EquivarianceCallback:
                 )
                 out.update(self._update_with_gradients(model, scratch, suffix, sub_b, sub_r))
         out.update(metric.compute())
-        if final:
+        if final and (self.angle_suffixes is None or suffix in self.angle_suffixes):
             out.update(self._angle_curve(model, metric, suffix, batches))
         out.update(self._model_free_part(suffix, batches, rotations))
         for term in self.task.terms:

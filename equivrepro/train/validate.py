@@ -101,6 +101,7 @@ _RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "bootstrap": _int(0),
         "baseline_samples": _int(0),
         "grad_suffixes": _str_list_or_null,
+        "angle_suffixes": _str_list_or_null,
     },
 }
 

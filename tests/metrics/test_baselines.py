@@ -158,3 +158,47 @@ def test_only_quadratic_terms_and_matching_shapes_are_accepted(data):
     w = term_weights(TASK.terms[:2], TASK.targets(batches[0]), batches[0])
     assert set(w) == {"vec", "s"} and torch.equal(w["s"], torch.ones_like(w["s"]))
     assert float(w["vec"][0, -1].abs().max()) == 0.0  # padded points weigh nothing
+
+
+def _scalar_features_batch(b: int, p: int, g: torch.Generator, theta: torch.Tensor, noise: float) -> dict:
+    """A scalar target with ``p`` features per sample: few samples per parameter overfit without a ridge."""
+    phi = torch.randn(b, p, generator=g, dtype=torch.float64)
+    ys = phi @ theta + noise * torch.randn(b, generator=g, dtype=torch.float64)
+    return {
+        "phi_s": phi,
+        "ys": ys,
+        "y": torch.zeros(b, 1, 3, dtype=torch.float64),
+        "mask": torch.ones(b, 1, dtype=torch.bool),
+        "scale": torch.ones(b, dtype=torch.float64),
+    }
+
+
+def test_the_ridge_is_chosen_by_leave_one_batch_out_loss_and_beats_an_overfitted_fit():
+    g = torch.Generator().manual_seed(3)
+    p, grid = 24, (1e-8, 1e-2, 1.0, 100.0)
+    theta = 0.1 * torch.randn(p, generator=g, dtype=torch.float64)  # weak signal, strong noise: shrinkage pays
+    train = [_scalar_features_batch(8, p, g, theta, noise=1.0) for _ in range(4)]  # 32 samples for 24 parameters
+    test = [_scalar_features_batch(256, p, g, theta, noise=1.0)]
+    feats = lambda batch: {"s": batch["phi_s"]}
+    term = TASK.terms[1]
+
+    def held_out(base):
+        return float(torch.cat([term.fn(base(bt), TASK.targets(bt), bt) for bt in test]).mean())
+
+    chosen = LinearBaseline("lin", feats, ridge=grid).fit(TASK, train, term)
+    losses = {lam: chosen.fit_info[f"cv_loss_{lam:g}"] for lam in grid}
+    assert chosen.fit_info["ridge_cv"] == 1.0 and chosen.ridge == min(losses, key=losses.get)
+    # the validation loss of one candidate, recomputed by refitting on three batches and scoring the fourth
+    lam = grid[1]
+    direct = 0.0
+    for i, left_out in enumerate(train):
+        fit = LinearBaseline("lin", feats, ridge=lam).fit(TASK, [b for j, b in enumerate(train) if j != i], term)
+        direct += float(term.fn(fit(left_out), TASK.targets(left_out), left_out).sum())
+    assert losses[lam] == pytest.approx(direct, rel=1e-9)
+    overfitted = LinearBaseline("lin", feats, ridge=1e-8).fit(TASK, train, term)
+    assert chosen.ridge > 1e-8 and held_out(chosen) < held_out(overfitted)
+    # with one batch there is nothing to validate on: the smallest candidate, and fit_info says so
+    single = LinearBaseline("lin", feats, ridge=grid).fit(TASK, train[:1], term)
+    assert single.ridge == 1e-8 and single.fit_info["ridge_cv"] == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        LinearBaseline("lin", feats, ridge=(1.0, -1.0))

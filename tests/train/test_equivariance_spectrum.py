@@ -52,3 +52,16 @@ def test_without_the_spectrum_none_of_it_is_logged(tmp_path):
     rows = _rows(tmp_path, "trainer.max_steps=10")
     assert _steps(rows, keys.EQUIV) == [0, 10]
     assert not _steps(rows, keys.SPECTRUM) and not _steps(rows, keys.ATTRIBUTION) and not _steps(rows, keys.ANGLE)
+
+
+def test_angle_suffixes_restrict_the_angle_curve_to_those_evaluations(tmp_path):
+    import pytest
+
+    from equivrepro.train.validate import ConfigError
+
+    rows = _rows(tmp_path / "a", "trainer.max_steps=10", "equivariance.spectrum_l_max=2", "+equivariance.angle_suffixes=['t=0.6']")
+    assert _steps(rows, keys.SPECTRUM) == [0, 10] and not _steps(rows, keys.ANGLE)  # the points task has only suffix ""
+    rows = _rows(tmp_path / "b", "trainer.max_steps=10", "equivariance.spectrum_l_max=2", "+equivariance.angle_suffixes=['']")
+    assert _steps(rows, keys.ANGLE) == [10]
+    with pytest.raises(ConfigError, match="equivariance.angle_suffixes"):
+        _rows(tmp_path / "c", "trainer.max_steps=10", "+equivariance.angle_suffixes=3")
