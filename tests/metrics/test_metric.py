@@ -107,7 +107,6 @@ def test_spectrum_from_the_same_copies():
 
 _DDP_SCRIPT = textwrap.dedent("""
     import json, os, sys, torch, torch.distributed as dist
-    sys.path.insert(0, {root!r})
     from equivrepro.metrics.metric import EquivarianceMetric
     from equivrepro.rotations import haar_rotations
     from equivrepro.testing.pointcloud import NonEquivariantMLP, PointCloudTask, make_pointcloud_batch
@@ -120,7 +119,7 @@ _DDP_SCRIPT = textwrap.dedent("""
     rot = haar_rotations(20 * 4, generator=g, dtype=torch.float64).reshape(20, 4, 3, 3)
     sl = slice(0, 3) if rank == 0 else slice(3, 20)            # unequal shards: averaging per-rank pct would be wrong
     m = EquivarianceMetric(PointCloudTask(), k=4, bootstrap=200, spectrum_l_max=2)
-    m.update(model, {{k: v[sl] for k, v in batch.items()}}, rot[sl])
+    m.update(model, {k: v[sl] for k, v in batch.items()}, rot[sl])
     out = m.compute()
     if rank == 0:
         json.dump(out, open(sys.argv[1], "w"))
@@ -130,7 +129,7 @@ _DDP_SCRIPT = textwrap.dedent("""
 
 def test_compute_pools_per_sample_values_across_ddp_ranks(tmp_path):
     script = tmp_path / "ddp_metric.py"
-    script.write_text(_DDP_SCRIPT.format(root=str(ROOT)))
+    script.write_text(_DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [
@@ -163,3 +162,22 @@ def test_compute_pools_per_sample_values_across_ddp_ranks(tmp_path):
     assert set(ddp) == set(ref)
     for k, v in ref.items():
         assert ddp[k] == pytest.approx(v, rel=1e-10, abs=1e-14), k
+
+
+def test_the_spectrum_and_attribution_cost_no_extra_forward_pass():
+    """The degree spectrum and the per-entity attribution come from the same K copies as pct: the model is called
+    exactly as often with them as without."""
+    torch.manual_seed(0)
+    model = NonEquivariantMLP().double()
+    calls = {"n": 0}
+    model.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    batch, rot = _data(12, 3)
+    counts = {}
+    for extra in ({}, {"spectrum_l_max": 4, "attribution": True}):
+        calls["n"] = 0
+        m = EquivarianceMetric(TASK, k=5, bootstrap=0, **extra)
+        m.update(model, batch, rot)
+        out = m.compute()
+        counts[bool(extra)] = calls["n"]
+    assert keys.degree_key("mse", 4) in out and any(keys.attribution_of(k) is not None for k in out)
+    assert counts[True] == counts[False] >= 1
