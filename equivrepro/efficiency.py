@@ -59,7 +59,7 @@ import pandas as pd
 from equivrepro import catalog
 from equivrepro.catalog import MEAN_OVER_SUFFIXES, EfficiencySpec
 from equivrepro.metrics import keys
-from equivrepro.sweeps import ROOT, Job, launch_multirun, run_locally, sweep_jobs
+from equivrepro.sweeps import Job, add_launch_arguments, launch_dirs, launch_multirun, run_locally, sweep_jobs
 
 __all__ = [
     "StudyJob",
@@ -889,20 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    p.add_argument("--scale", choices=catalog.SCALES, default="smoke")
+    add_launch_arguments(p, catalog.SCALES, "family")
     p.add_argument("--tasks", nargs="+", default=None, help="default: every task whose card has an efficiency block")
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: runs/<scale>")
-    p.add_argument("--results-dir", type=Path, default=None, help="default: results/<scale>")
-    p.add_argument("--figures-dir", type=Path, default=None, help="default: figures/<scale>")
-    p.add_argument(
-        "--launcher", default="local", help="local: run here, --jobs at a time; slurm / submitit_local: one Hydra multirun per family"
-    )
-    p.add_argument("--jobs", type=int, default=None, help="local runs in parallel (default: smoke min(2, CPU cores), paper 1)")
-    p.add_argument(
-        "--launch", action="store_true", help="paper scale: launch / resume missing runs even if the runs directory already holds some"
-    )
-    p.add_argument("--draw-only", action="store_true", help="never launch; fit and draw from the runs that exist")
-    p.add_argument("--no-draw", action="store_true", help="launch / resume the runs only")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples of every fit")
     p.add_argument("--budgets", type=int, default=8, help="log-spaced budgets of the comparison table")
     p.add_argument(
@@ -911,15 +899,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="seconds per step: timed side by side here (default at smoke scale; cached), retime (redo), or the runs' own",
     )
-    p.add_argument("extra", nargs="*", help="extra Hydra overrides for every run, after '--' (e.g. trainer.device=cuda)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[efficiency] %(message)s")
     logging.getLogger("equivrepro").setLevel(logging.INFO)
     scale = args.scale
-    workers = args.jobs if args.jobs is not None else (min(2, os.cpu_count() or 1) if scale == "smoke" else 1)
-    runs_dir = (args.runs_dir or ROOT / "runs" / scale).resolve()
-    results_dir = (args.results_dir or ROOT / "results" / scale).resolve()
-    figures_dir = (args.figures_dir or ROOT / "figures" / scale).resolve()
+    dirs = launch_dirs(args)
+    workers, runs_dir, results_dir, figures_dir = dirs.workers, dirs.runs, dirs.results, dirs.figures
     extra = list(args.extra)
     t0, load0 = time.perf_counter(), _load()
     compose_extra = extra + ([f"hydra/launcher={args.launcher}"] if args.launcher != "local" else [])

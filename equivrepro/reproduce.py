@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from equivrepro import catalog
-from equivrepro.sweeps import ROOT, Job, launch_multirun, run_locally, sweep_jobs
+from equivrepro.sweeps import Job, add_launch_arguments, launch_dirs, launch_multirun, run_locally, sweep_jobs
 
 __all__ = ["main", "select_figures", "draw_figures", "print_manifest", "print_pct_lines"]
 
@@ -169,24 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    p.add_argument("--scale", choices=catalog.SCALES, default="smoke")
+    add_launch_arguments(p, catalog.SCALES, "sweep")
     p.add_argument("--figures", nargs="+", default=None, help="figure names (see --list), 'all' (default) or 'reproduce'")
     p.add_argument("--task", default=None, help="one task's default run and its reproduce figures")
-    p.add_argument("--runs-dir", type=Path, default=None, help="default: runs/<scale>")
-    p.add_argument("--results-dir", type=Path, default=None, help="default: results/<scale>")
-    p.add_argument("--figures-dir", type=Path, default=None, help="default: figures/<scale>")
-    p.add_argument(
-        "--launcher", default="local", help="local: run here, --jobs at a time; slurm / submitit_local: one Hydra multirun per sweep"
-    )
-    p.add_argument("--jobs", type=int, default=None, help="local runs in parallel (default: smoke min(2, CPU cores), paper 1)")
-    p.add_argument(
-        "--launch", action="store_true", help="paper scale: launch / resume missing runs even if the runs directory already holds some"
-    )
-    p.add_argument("--draw-only", action="store_true", help="never launch; draw from the runs that exist")
-    p.add_argument("--no-draw", action="store_true", help="launch / resume the sweeps only")
     p.add_argument("--source", default=None, help="'wandb:<entity>/<project>' to draw from a wandb project instead of the runs directory")
     p.add_argument("--list", action="store_true", help="print figures, make targets and sweep commands, then exit")
-    p.add_argument("extra", nargs="*", help="extra Hydra overrides for every job, after '--' (e.g. trainer.device=cuda)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[reproduce] %(message)s")  # quiet libraries (fontTools, …)
     for name in ("equivrepro",):
@@ -196,11 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     scale = args.scale
-    if args.jobs is None:
-        args.jobs = min(2, os.cpu_count() or 1) if scale == "smoke" else 1
-    runs_dir = (args.runs_dir or ROOT / "runs" / scale).resolve()
-    results_dir = (args.results_dir or ROOT / "results" / scale).resolve()
-    figures_dir = (args.figures_dir or ROOT / "figures" / scale).resolve()
+    dirs = launch_dirs(args)
+    args.jobs = dirs.workers
+    runs_dir, results_dir, figures_dir = dirs.runs, dirs.results, dirs.figures
     names = select_figures(args.figures or ([] if args.task else ["all"]), args.task)
     figs, specs = catalog.figures(), catalog.sweeps()
     sweep_names = list(dict.fromkeys(s for n in names for s in figs[n].sweeps))

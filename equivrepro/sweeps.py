@@ -22,7 +22,18 @@ from pathlib import Path
 
 from equivrepro.runs import RunDir
 
-__all__ = ["Job", "expand", "compose_all", "sweep_jobs", "launch_multirun", "run_locally", "ROOT"]
+__all__ = [
+    "Job",
+    "expand",
+    "compose_all",
+    "sweep_jobs",
+    "launch_multirun",
+    "run_locally",
+    "ROOT",
+    "add_launch_arguments",
+    "LaunchDirs",
+    "launch_dirs",
+]
 
 log = logging.getLogger("equivrepro.sweeps")
 
@@ -131,3 +142,49 @@ def run_locally(jobs: Sequence[Job], runs_dir: Path, workers: int, extra: Sequen
     with ThreadPoolExecutor(max(1, workers)) as pool:
         list(pool.map(one, enumerate(unique, 1)))
     return failed
+
+
+# ----------------------------------------------------------------------------------------------------
+# The command-line options every launching command shares (equivrepro-reproduce, equivrepro-efficiency)
+# ----------------------------------------------------------------------------------------------------
+def add_launch_arguments(p, scales: Sequence[str], unit: str) -> None:
+    """Add ``--scale``, ``--runs-dir``, ``--results-dir``, ``--figures-dir``, ``--launcher``, ``--jobs``, ``--launch``,
+    ``--draw-only``, ``--no-draw`` and the trailing Hydra overrides to the argparse parser ``p``; ``unit`` names what
+    one Hydra multirun launches (``"sweep"``, ``"family"``)."""
+    p.add_argument("--scale", choices=list(scales), default="smoke")
+    p.add_argument("--runs-dir", type=Path, default=None, help="default: runs/<scale>")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: results/<scale>")
+    p.add_argument("--figures-dir", type=Path, default=None, help="default: figures/<scale>")
+    p.add_argument(
+        "--launcher", default="local", help=f"local: run here, --jobs at a time; slurm / submitit_local: one Hydra multirun per {unit}"
+    )
+    p.add_argument("--jobs", type=int, default=None, help="local runs in parallel (default: smoke min(2, CPU cores), paper 1)")
+    p.add_argument(
+        "--launch", action="store_true", help="paper scale: launch / resume missing runs even if the runs directory already holds some"
+    )
+    p.add_argument("--draw-only", action="store_true", help="never launch; draw from the runs that exist")
+    p.add_argument("--no-draw", action="store_true", help="launch / resume the runs only")
+    p.add_argument("extra", nargs="*", help="extra Hydra overrides for every job, after '--' (e.g. trainer.device=cuda)")
+
+
+@dataclass(frozen=True)
+class LaunchDirs:
+    """Where a launching command's runs, results and figures go, and how many local runs at a time."""
+
+    runs: Path
+    results: Path
+    figures: Path
+    workers: int
+
+
+def launch_dirs(args) -> LaunchDirs:
+    """The parsed :func:`add_launch_arguments` options resolved: ``<root>/{runs,results,figures}/<scale>`` unless given;
+    2 local runs at a time at smoke scale (at most the CPU count), 1 at paper scale."""
+    scale = args.scale
+    workers = args.jobs if args.jobs is not None else (min(2, os.cpu_count() or 1) if scale == "smoke" else 1)
+    return LaunchDirs(
+        (args.runs_dir or ROOT / "runs" / scale).resolve(),
+        (args.results_dir or ROOT / "results" / scale).resolve(),
+        (args.figures_dir or ROOT / "figures" / scale).resolve(),
+        int(workers),
+    )

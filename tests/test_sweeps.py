@@ -308,3 +308,19 @@ def test_every_declared_figure_has_a_drawing_function_and_known_sweeps():
         assert callable(catalog.drawing_function(fig.draw)), name
         assert all(s in SWEEPS for s in fig.sweeps), name
     assert set(catalog.figures()) >= {"headline", "forcefield-pct", "flowmatching-final-pct-default", "voxels-vary-data"}
+
+
+def test_the_launch_options_resolve_to_scale_directories_and_workers(tmp_path):
+    import argparse
+    import os
+
+    from equivrepro.sweeps import ROOT, add_launch_arguments, launch_dirs
+
+    p = argparse.ArgumentParser()
+    add_launch_arguments(p, ("smoke", "paper"), "sweep")
+    smoke = launch_dirs(p.parse_args([]))
+    assert (smoke.runs, smoke.results, smoke.figures) == (ROOT / "runs/smoke", ROOT / "results/smoke", ROOT / "figures/smoke")
+    assert smoke.workers == min(2, os.cpu_count() or 1)
+    paper = launch_dirs(p.parse_args(["--scale", "paper", "--runs-dir", str(tmp_path / "r"), "--", "trainer.device=cuda"]))
+    assert paper.runs == (tmp_path / "r").resolve() and paper.figures == ROOT / "figures/paper" and paper.workers == 1
+    assert p.parse_args(["--jobs", "3", "--", "a=1"]).extra == ["a=1"] and launch_dirs(p.parse_args(["--jobs", "3"])).workers == 3
