@@ -35,7 +35,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite is bitwise reproducible single-threaded
 
 import argparse
-import functools
 import logging
 import time
 from collections import Counter
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from equivrepro.atomic import atomic_path
-from equivrepro.molecules import RDKIT_SMILES_SOURCES, bundled_molecules
+from equivrepro.molecules import RDKIT_SMILES_SOURCES, neutral_candidates
 from tasks.dipoles.units import BOHR_TO_ANGSTROM, DIPOLE_ELEMENTS, E_BOHR_TO_DEBYE
 
 log = logging.getLogger("tasks.dipoles.generate")
@@ -78,38 +77,10 @@ class GeneratorConfig:
 # --------------------------------------------------------------------------------------------------
 # Candidate molecules
 # --------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def _filtered(elements: tuple[int, ...], min_heavy: int, max_heavy: int) -> tuple[tuple[tuple[str, str], ...], tuple]:
-    """Sorted (canonical SMILES, source) pairs passing the filters, and the rejection counts (cached:
-    parsing the bundled SMILES takes a few seconds)."""
-    from rdkit import Chem
-
-    allowed = set(elements)
-    counts: Counter = Counter()
-    seen: dict[str, str] = {}
-    for mol, source in bundled_molecules(counts):
-        if any(a.GetAtomicNum() not in allowed for a in mol.GetAtoms()):
-            counts["rejected_element"] += 1
-        elif Chem.GetFormalCharge(mol) != 0 or any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-            counts["rejected_charged_or_radical"] += 1
-        elif not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
-            counts["rejected_size"] += 1
-        else:
-            can = Chem.MolToSmiles(mol)
-            if can in seen:
-                counts["rejected_duplicate"] += 1
-            else:
-                seen[can] = source
-    return tuple(sorted(seen.items())), tuple(sorted(counts.items()))
-
-
 def candidate_molecules(cfg: GeneratorConfig, counts: Counter | None = None) -> list[tuple[str, str]]:
-    """Filtered, de-duplicated (canonical SMILES, source) pairs in a seeded random order."""
-    pairs, rejected = _filtered(cfg.elements, int(cfg.min_heavy_atoms), int(cfg.max_heavy_atoms))
-    if counts is not None:
-        counts.update(dict(rejected))
-    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
-    return [pairs[i] for i in order]
+    """Filtered, de-duplicated (canonical SMILES, source) pairs in a seeded random order
+    (:func:`equivrepro.molecules.neutral_candidates`)."""
+    return neutral_candidates(cfg.elements, cfg.min_heavy_atoms, cfg.max_heavy_atoms, cfg.seed, counts)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite is bitwise reproducible single-threaded
 
 import argparse
-import functools
 import logging
 import multiprocessing
 import time
@@ -44,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from equivrepro.atomic import atomic_path
-from equivrepro.molecules import RDKIT_SMILES_SOURCES, bundled_molecules
+from equivrepro.molecules import RDKIT_SMILES_SOURCES, neutral_candidates
 from tasks.forcefield.units import (
     BOHR_TO_ANGSTROM,
     HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM,
@@ -83,40 +82,10 @@ def candidate_molecules(cfg: GeneratorConfig, counts: Counter) -> list[tuple[str
     """Filtered, de-duplicated (canonical SMILES, source) pairs in a seeded random order.
 
     Kept: parseable, one fragment, elements in ``cfg.elements``, net charge 0, no radicals,
-    ``min_heavy_atoms ≤ heavy atoms ≤ max_heavy_atoms``. Rejections are counted in ``counts``.
+    ``min_heavy_atoms ≤ heavy atoms ≤ max_heavy_atoms`` (:func:`equivrepro.molecules.neutral_candidates`).
+    Rejections are counted in ``counts``.
     """
-    pairs, rejected = _filtered_sources(tuple(sorted(cfg.elements)), cfg.min_heavy_atoms, cfg.max_heavy_atoms)
-    counts.update(dict(rejected))
-    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
-    return [pairs[i] for i in order]
-
-
-@functools.lru_cache(maxsize=4)
-def _filtered_sources(elements: tuple[int, ...], min_heavy: int, max_heavy: int) -> tuple[tuple[tuple[str, str], ...], tuple]:
-    """Sorted (canonical SMILES, source) pairs passing the filters, and the rejection counts (cached:
-    parsing the ~16k bundled SMILES takes a few seconds)."""
-    from rdkit import Chem, RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
-    allowed = set(elements)
-    counts: Counter = Counter()
-    seen: dict[str, str] = {}
-    for mol, name in bundled_molecules(counts):
-        if any(a.GetAtomicNum() not in allowed for a in mol.GetAtoms()):
-            counts["rejected_element"] += 1
-            continue
-        if Chem.GetFormalCharge(mol) != 0 or any(a.GetNumRadicalElectrons() for a in mol.GetAtoms()):
-            counts["rejected_charged_or_radical"] += 1
-            continue
-        if not min_heavy <= mol.GetNumHeavyAtoms() <= max_heavy:
-            counts["rejected_size"] += 1
-            continue
-        can = Chem.MolToSmiles(mol)
-        if can in seen:
-            counts["rejected_duplicate"] += 1
-            continue
-        seen[can] = name
-    return tuple(sorted(seen.items())), tuple(sorted(counts.items()))
+    return neutral_candidates(cfg.elements, cfg.min_heavy_atoms, cfg.max_heavy_atoms, cfg.seed, counts)
 
 
 # --------------------------------------------------------------------------------------------------
