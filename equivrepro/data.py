@@ -33,6 +33,7 @@ from equivrepro.errors import ConfigError, DataError
 from equivrepro.task import Batch
 
 __all__ = [
+    "hdf5_string",
     "ProcessLocalFile",
     "DataError",
     "DataConfigError",
@@ -181,6 +182,15 @@ def shortest_distances(coords: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
         np.einsum("kii->ki", d2)[...] = np.inf  # an atom's distance to itself does not count
         out[a : a + step] = np.sqrt(d2.min(axis=(1, 2)))
     return out
+
+
+def hdf5_string(value) -> str:
+    """An HDF5 string attribute or dataset value as ``str``: bytes are decoded, arrays give their first element."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return hdf5_string(value.reshape(-1)[0]) if value.size else ""
+    return str(value)
 
 
 def open_hdf5(path: str | os.PathLike, mode: str = "r"):

@@ -22,19 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from equivrepro.data import DataError
+from equivrepro.data import DataError, hdf5_string
 
 __all__ = ["DipoleHDF5Dataset", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("atomic_numbers", "positions", "dipole")
-
-
-def _str(value) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return _str(value.reshape(-1)[0]) if value.size else ""
-    return str(value)
 
 
 class DipoleHDF5Dataset(Dataset):
@@ -54,7 +46,7 @@ class DipoleHDF5Dataset(Dataset):
         self.min_distance, self.max_neighbor_distance, self.max_dipole = float(min_distance), float(max_neighbor_distance), float(max_dipole)
         pos, z, dipole, molecule, names = [], [], [], [], []
         with h5py.File(self.path, "r") as f:
-            self.attrs = {k: (_str(v) if isinstance(v, (bytes, str, np.bytes_)) else np.asarray(v).tolist()) for k, v in f.attrs.items()}
+            self.attrs = {k: (hdf5_string(v) if isinstance(v, (bytes, str, np.bytes_)) else np.asarray(v).tolist()) for k, v in f.attrs.items()}
             units = self.attrs.get("units")
             if units is not None and not ("Å" in units and "Debye" in units):
                 raise DataError(f"{self.path}: attribute units={units!r}; the reader expects positions in Å and dipoles in Debye")

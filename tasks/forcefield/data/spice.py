@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from equivrepro.data import MIN_INTERATOMIC_DISTANCE, DataError, ProcessLocalFile, open_hdf5, shortest_distances
+from equivrepro.data import MIN_INTERATOMIC_DISTANCE, DataError, ProcessLocalFile, hdf5_string, open_hdf5, shortest_distances
 from tasks.forcefield.data.index import IndexedReader
 from tasks.forcefield.units import BOHR_TO_ANGSTROM, HARTREE_PER_BOHR_TO_EV_PER_ANGSTROM, HARTREE_TO_EV, SPICE_ELEMENTS
 
@@ -34,14 +34,6 @@ __all__ = ["SpiceHDF5Dataset", "SPICE_KEYS"]
 SPICE_KEYS = ("atomic_numbers", "conformations", "dft_total_energy", "dft_total_gradient")
 #: groups whose datasets a reader keeps open per process (a bounded LRU)
 OPEN_GROUPS = 64
-
-
-def _str(value) -> str:
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return _str(value.reshape(-1)[0]) if value.size else ""
-    return str(value)
 
 
 def _raw_layout(ds) -> tuple[int, int]:
@@ -108,7 +100,7 @@ class SpiceHDF5Dataset(IndexedReader):
         names, group_id, conformer, natoms, energy, force_sq, group_z, raw = [], [], [], [], [], [], [], []
         skipped: dict[str, int] = {}
         with open_hdf5(self.path) as f:
-            primary = _str(f.attrs["primary_label_method"]) if "primary_label_method" in f.attrs else None
+            primary = hdf5_string(f.attrs["primary_label_method"]) if "primary_label_method" in f.attrs else None
             for name in f.keys():
                 g = f[name]
                 where = f"group '{name}'"
@@ -133,15 +125,15 @@ class SpiceHDF5Dataset(IndexedReader):
                 if self.neutral_only:
                     if "smiles" not in g:
                         raise DataError(f"{self.path}: {where} has no 'smiles' dataset, needed by neutral_only")
-                    charge = _net_charge(_str(g["smiles"][()]))
+                    charge = _net_charge(hdf5_string(g["smiles"][()]))
                     if charge is None:
-                        raise DataError(f"{self.path}: {where}: RDKit cannot read its smiles {_str(g['smiles'][()])!r}")
+                        raise DataError(f"{self.path}: {where}: RDKit cannot read its smiles {hdf5_string(g['smiles'][()])!r}")
                     if charge != 0:
                         self._count(skipped, "charged", m)
                         continue
                 keep = np.ones(m, dtype=bool)
                 if primary is not None and "label_method" in g and not self.accept_fallback_labels:
-                    methods = [_str(x) for x in g["label_method"][()]]
+                    methods = [hdf5_string(x) for x in g["label_method"][()]]
                     fallback = np.array([meth != primary for meth in methods], dtype=bool)
                     if fallback.any():
                         self._count(skipped, "fallback_label", int(fallback.sum()))
